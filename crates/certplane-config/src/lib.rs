@@ -1,0 +1,407 @@
+//! certplane's configuration.
+//!
+//! A TOML file in which every key is optional, then `CERTPLANE_<SECTION>_<KEY>` environment
+//! variables over it (`CERTPLANE_DATA_DIR`, `CERTPLANE_API_LISTEN`; lists comma-separated), then
+//! typed, validated values. Unknown keys are refused with the TOML error naming them, so a typo
+//! never silently falls back to a default. This crate reads the file and the environment it is
+//! given; it starts nothing.
+
+#![forbid(unsafe_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use certplane_domain::{Hostname, Ipv6Prefix, PlatformSettings};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. [`Default`] is what an empty file gives.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the SQLite database, the admin token and keys live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; empty means `sqlite://<data_dir>/certplane.db`.
+    pub database_url: String,
+    pub api: ApiConfig,
+    pub edge: EdgeConfig,
+    pub dns: DnsConfig,
+    pub acme: AcmeConfig,
+    pub platform: PlatformConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The REST API and dashboard listener.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    pub https_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// The platform's authoritative server for the challenge zone.
+    pub listen: SocketAddr,
+    /// Resolvers for ownership and DNS checks; empty means the system's.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    pub directory_url: String,
+    /// An extra root certificate (PEM) to trust for the ACME server; empty for none.
+    pub ca_root_file: PathBuf,
+    pub contact: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// One DNS label; the ownership record is `_<name>-ownership.<host>`.
+    pub name: String,
+    pub apps_domain: String,
+    pub challenge_zone: String,
+    pub ipv6_prefix: String,
+    pub shared_ipv4: Vec<Ipv4Addr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            database_url: String::new(),
+            api: ApiConfig::default(),
+            edge: EdgeConfig::default(),
+            dns: DnsConfig::default(),
+            acme: AcmeConfig::default(),
+            platform: PlatformConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
+        }
+    }
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            https_listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 53)),
+            nameservers: Vec::new(),
+        }
+    }
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            ca_root_file: PathBuf::new(),
+            contact: Vec::new(),
+        }
+    }
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            name: "certplane".into(),
+            apps_domain: "apps.example.net".into(),
+            challenge_zone: "acme.example.net".into(),
+            ipv6_prefix: "fdaa::/48".into(),
+            shared_ipv4: vec![Ipv4Addr::new(203, 0, 113, 10)],
+        }
+    }
+}
+
+/// The keys an environment variable can override, and whether each is a list.
+/// `("api", "listen")` is `CERTPLANE_API_LISTEN`; a top-level key has section `""`.
+pub const ENV_KEYS: &[(&str, &str, bool)] = &[
+    ("", "data_dir", false),
+    ("", "database_url", false),
+    ("api", "listen", false),
+    ("edge", "https_listen", false),
+    ("edge", "http_listen", false),
+    ("dns", "listen", false),
+    ("dns", "nameservers", true),
+    ("acme", "directory_url", false),
+    ("acme", "ca_root_file", false),
+    ("acme", "contact", true),
+    ("platform", "name", false),
+    ("platform", "apps_domain", false),
+    ("platform", "challenge_zone", false),
+    ("platform", "ipv6_prefix", false),
+    ("platform", "shared_ipv4", true),
+];
+
+/// The environment variable that overrides `section.key`.
+pub fn env_var_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        format!("CERTPLANE_{}", key.to_ascii_uppercase())
+    } else {
+        format!(
+            "CERTPLANE_{}_{}",
+            section.to_ascii_uppercase(),
+            key.to_ascii_uppercase()
+        )
+    }
+}
+
+impl Config {
+    /// Reads `file` (when given; a missing file is an error), applies the overrides found by
+    /// `env` and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let origin = file.map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?;
+        apply_env(&mut table, &env)?;
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin,
+                message: e.to_string(),
+            })?;
+        config.platform_settings()?;
+        Ok(config)
+    }
+
+    /// The database URL in force: `database_url`, or SQLite under `data_dir`.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("certplane.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    /// The `[platform]` section as validated domain values.
+    pub fn platform_settings(&self) -> Result<PlatformSettings, ConfigError> {
+        let p = &self.platform;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("platform.{key}"),
+            message,
+        };
+        let label_ok = !p.name.is_empty()
+            && p.name.len() <= 50
+            && p.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !label_ok {
+            return Err(invalid(
+                "name",
+                "must be lower-case letters, digits and hyphens (at most 50), e.g. \"certplane\""
+                    .into(),
+            ));
+        }
+        let zone = |key: &str, value: &str| {
+            Hostname::parse(value)
+                .ok()
+                .filter(|h| !h.is_wildcard())
+                .ok_or_else(|| {
+                    invalid(
+                        key,
+                        format!("{value:?} is not a DNS name such as \"apps.example.net\""),
+                    )
+                })
+        };
+        let ipv6_prefix: Ipv6Prefix = p
+            .ipv6_prefix
+            .parse()
+            .map_err(|e| invalid("ipv6_prefix", format!("{:?}: {e}", p.ipv6_prefix)))?;
+        Ok(PlatformSettings {
+            name: p.name.clone(),
+            apps_domain: zone("apps_domain", &p.apps_domain)?,
+            challenge_zone: zone("challenge_zone", &p.challenge_zone)?,
+            ipv6_prefix,
+            shared_ipv4: p.shared_ipv4.clone(),
+        })
+    }
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for &(section, key, is_list) in ENV_KEYS {
+        let var = env_var_name(section, key);
+        let Some(raw) = env(&var) else { continue };
+        let value = if is_list {
+            toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            )
+        } else {
+            toml::Value::String(raw)
+        };
+        let target = if section.is_empty() {
+            &mut *table
+        } else {
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            entry.as_table_mut().ok_or_else(|| ConfigError::Invalid {
+                key: section.to_owned(),
+                message: format!("must be a table to apply {var}"),
+            })?
+        };
+        target.insert(key.to_owned(), value);
+    }
+    Ok(())
+}
+
+/// Why the configuration could not be loaded. The message names the file or key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration ({origin}): {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid configuration: {key} {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("certplane-config-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let result = Config::load(Some(&path), |k| env.get(k).cloned());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        result
+    }
+
+    fn rand_suffix() -> String {
+        format!("{}-{:?}", std::process::id(), std::thread::current().id())
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+    }
+
+    #[test]
+    fn empty_file_gives_the_contract_defaults() {
+        let c = Config::load(None, no_env).expect("defaults load");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(c.edge.https_listen.to_string(), "0.0.0.0:443");
+        assert_eq!(c.database_url(), "sqlite://./data/certplane.db");
+        let p = c.platform_settings().expect("valid");
+        assert_eq!(p.apps_domain.as_str(), "apps.example.net");
+        assert_eq!(p.ipv6_prefix.to_string(), "fdaa::/48");
+    }
+
+    #[test]
+    fn file_values_and_env_overrides() {
+        let c = load_str(
+            "data_dir = \"/tmp/x\"\n[api]\nlisten = \"127.0.0.1:5000\"\n[platform]\nname = \"acme\"\n",
+            &[
+                ("CERTPLANE_API_LISTEN", "127.0.0.1:6000"),
+                ("CERTPLANE_PLATFORM_SHARED_IPV4", "192.0.2.1, 192.0.2.2"),
+                ("CERTPLANE_DATABASE_URL", "postgres://u@h/db"),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(c.platform.name, "acme");
+        assert_eq!(c.platform.shared_ipv4.len(), 2);
+        assert_eq!(c.database_url(), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err =
+            load_str("[api]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", &[]).expect_err("refused");
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+        let err = load_str("[apii]\n", &[]).expect_err("refused");
+        assert!(err.to_string().contains("unknown field `apii`"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let err = load_str("[platform]\nipv6_prefix = \"fdaa::1/48\"\n", &[]).expect_err("refused");
+        assert!(err.to_string().contains("platform.ipv6_prefix"), "{err}");
+        let err = load_str("[platform]\napps_domain = \"com\"\n", &[]).expect_err("refused");
+        assert!(err.to_string().contains("platform.apps_domain"), "{err}");
+        let err = load_str("[api]\nlisten = \"nope\"\n", &[]).expect_err("refused");
+        assert!(err.to_string().contains("listen"), "{err}");
+        let missing = Config::load(Some(Path::new("/nonexistent/certplane.toml")), no_env);
+        assert!(matches!(missing, Err(ConfigError::Read { .. })));
+    }
+
+    /// Every key of the configuration can be overridden from the environment.
+    #[test]
+    fn env_keys_cover_every_key() {
+        let table = toml::Table::try_from(Config::default()).expect("serialises");
+        let mut keys = Vec::new();
+        for (k, v) in &table {
+            match v.as_table() {
+                Some(section) => keys.extend(section.keys().map(|key| (k.as_str(), key.as_str()))),
+                None => keys.push(("", k.as_str())),
+            }
+        }
+        for (section, key) in keys {
+            assert!(
+                ENV_KEYS.iter().any(|&(s, k, _)| s == section && k == key),
+                "{section}.{key} has no environment override"
+            );
+        }
+        assert_eq!(env_var_name("", "data_dir"), "CERTPLANE_DATA_DIR");
+        assert_eq!(
+            env_var_name("dns", "nameservers"),
+            "CERTPLANE_DNS_NAMESERVERS"
+        );
+    }
+}

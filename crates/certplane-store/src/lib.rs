@@ -1,0 +1,141 @@
+//! certplane's storage.
+//!
+//! One [`Store`] trait: everything the control plane keeps, behind methods that each run as one
+//! transaction. [`SqlStore`] implements it over SQLite (the embedded default: one file under the
+//! data directory) and over PostgreSQL (a fleet of control-plane nodes), with versioned
+//! migrations per backend. The shared test suite in `tests/suite.rs` runs every test against
+//! both.
+//!
+//! The store keeps two ledgers that are never pruned: every ownership token and every dedicated
+//! IPv6 address ever handed out. That is what makes "never reused" hold across deletes.
+
+#![forbid(unsafe_code)]
+
+mod records;
+mod sql;
+
+use async_trait::async_trait;
+use certplane_domain::{
+    AppName, Backend, DeleteScope, Hostname, Ipv6Prefix, OrgName, OrgSlug, OwnershipToken,
+    TokenHash,
+};
+
+pub use records::{App, AppId, HostnameRecord, Org, OrgId, Page, Principal, TokenKind};
+pub use sql::{Backend as SqlBackend, SqlStore};
+
+/// Everything the control plane keeps. Implementations must make each method atomic.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates the admin org when there is none, and adds `token` to it.
+    async fn bootstrap_admin(&self, token: &TokenHash) -> Result<Org, StoreError>;
+
+    /// Creates an org with its first API token.
+    async fn create_org(
+        &self,
+        name: &OrgName,
+        slug: &OrgSlug,
+        token: &TokenHash,
+    ) -> Result<Org, StoreError>;
+
+    /// Who holds this API token, if anyone.
+    async fn principal(&self, token: &TokenHash) -> Result<Option<Principal>, StoreError>;
+
+    /// Creates an app with a fresh ownership token and the next never-used IPv6 address of
+    /// `prefix`.
+    async fn create_app(
+        &self,
+        org: OrgId,
+        name: &AppName,
+        backends: &[Backend],
+        prefix: &Ipv6Prefix,
+    ) -> Result<App, StoreError>;
+
+    /// The org's apps, by name.
+    async fn apps(&self, org: OrgId) -> Result<Vec<App>, StoreError>;
+
+    /// One of the org's apps; another org's app is `None`.
+    async fn app(&self, org: OrgId, name: &AppName) -> Result<Option<App>, StoreError>;
+
+    /// Replaces an app's backends.
+    async fn set_backends(
+        &self,
+        org: OrgId,
+        name: &AppName,
+        backends: &[Backend],
+    ) -> Result<Option<App>, StoreError>;
+
+    /// Deletes an app and its hostnames. Its token and address stay in the ledgers.
+    async fn delete_app(&self, org: OrgId, name: &AppName) -> Result<bool, StoreError>;
+
+    /// Records that `hostname` wants an ACME certificate on `app`. Returns the record and
+    /// whether it was created (`false`: the app already had the hostname).
+    /// [`StoreError::HostnameTaken`] when another app, of any org, holds it.
+    async fn request_acme(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+    ) -> Result<(HostnameRecord, bool), StoreError>;
+
+    /// One hostname of the app.
+    async fn hostname(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+    ) -> Result<Option<HostnameRecord>, StoreError>;
+
+    /// The app's hostnames in name order, after the name `after`, at most `limit`.
+    async fn hostnames(
+        &self,
+        app: AppId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, StoreError>;
+
+    /// Removes what `scope` names from a hostname; the hostname itself goes when nothing is left.
+    async fn delete_hostname(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        scope: DeleteScope,
+    ) -> Result<DeleteOutcome, StoreError>;
+
+    /// Whether this token is in the ledger of issued ownership tokens.
+    async fn token_issued(&self, token: &OwnershipToken) -> Result<bool, StoreError>;
+}
+
+/// What [`Store::delete_hostname`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The app has no such hostname.
+    NotFound,
+    /// The hostname had nothing of what the scope names.
+    NothingToDelete,
+    /// The hostname is gone, released for any app to claim.
+    Removed,
+    /// The scope's part is gone; the hostname stays with what is left.
+    Updated(HostnameRecord),
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("the hostname is already held by another app")]
+    HostnameTaken,
+    #[error("an app with this name already exists")]
+    AppNameTaken,
+    #[error("an org with this slug already exists")]
+    OrgTaken,
+    #[error("the IPv6 prefix {0} has no unused address left")]
+    Ipv6Exhausted(Ipv6Prefix),
+    #[error("could not draw an unused ownership token")]
+    TokensExhausted,
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("the stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}

@@ -1,0 +1,85 @@
+//! What the store hands back: records with their storage ids.
+
+use std::net::Ipv6Addr;
+
+use certplane_domain::{AppName, Backend, CertificateStatus, Hostname, OrgSlug, OwnershipToken};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OrgId(pub i64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AppId(pub i64);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Org {
+    pub id: OrgId,
+    pub slug: OrgSlug,
+    pub name: String,
+    /// Its ownership token: the TXT value `org-<token>` proves ownership for all its apps.
+    pub token: OwnershipToken,
+    pub is_admin: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// What an API token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    /// The operator: everything an org token may, plus admin routes.
+    Admin,
+    /// One org's customer token.
+    Org,
+}
+
+impl TokenKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Org => "org",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "admin" => Some(Self::Admin),
+            "org" => Some(Self::Org),
+            _ => None,
+        }
+    }
+}
+
+/// The holder of an API token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub org: Org,
+    pub kind: TokenKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct App {
+    pub id: AppId,
+    pub org_id: OrgId,
+    pub name: AppName,
+    pub token: OwnershipToken,
+    pub ipv6: Ipv6Addr,
+    pub backends: Vec<Backend>,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostnameRecord {
+    pub app_id: AppId,
+    pub hostname: Hostname,
+    pub acme_requested: bool,
+    pub status: CertificateStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One page of an app's hostnames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<HostnameRecord>,
+    /// All of the app's hostnames, not just this page's.
+    pub total: u64,
+}

@@ -1,0 +1,618 @@
+//! [`SqlStore`]: the [`Store`] over SQLite or PostgreSQL.
+//!
+//! Both backends run the same SQL through sqlx's `Any` driver (`$N` placeholders, `ON CONFLICT`,
+//! `RETURNING` and integer-only columns are common ground); what differs is the schema
+//! (`migrations/sqlite`, `migrations/postgres`) and the pools. SQLite gets one writer
+//! connection, so write transactions queue instead of failing with `SQLITE_BUSY`, and a few
+//! reader connections, which WAL mode lets run beside the writer.
+
+use std::net::Ipv6Addr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use certplane_domain::{
+    AppName, Backend as AppBackend, CertificateStatus, DeleteScope, Hostname, Ipv6Prefix, OrgName,
+    OrgSlug, OwnershipToken, TokenHash,
+};
+use futures_core::future::BoxFuture;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::{AnyConnection, AnyPool, Row};
+
+use crate::{
+    App, AppId, DeleteOutcome, HostnameRecord, Org, OrgId, Page, Principal, Store, StoreError,
+    TokenKind,
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How many fresh tokens to draw before giving up; with 40-bit tokens a second draw is
+/// already rare.
+const TOKEN_ATTEMPTS: usize = 16;
+/// How many used addresses to step over when allocating an IPv6 address (they are there only
+/// when the operator moved to a prefix that overlaps an earlier one).
+const ADDRESS_ATTEMPTS: u128 = 4096;
+
+/// Which database a [`SqlStore`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The SQL implementation of [`Store`].
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    backend: Backend,
+    writer: AnyPool,
+    reader: AnyPool,
+}
+
+impl SqlStore {
+    /// Opens (creating a SQLite file when needed) and migrates the database at `url`:
+    /// `sqlite://PATH` or `postgres://USER@HOST[:PORT]/DB`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let store = if url.starts_with("sqlite:") {
+            let url = if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            let options: AnyConnectOptions = url.parse()?;
+            let pool = |max| {
+                AnyPoolOptions::new()
+                    .max_connections(max)
+                    .after_connect(sqlite_pragmas)
+                    .connect_with(options.clone())
+            };
+            let writer = pool(1).await?;
+            // The writer creates the file and switches it to WAL before any reader opens it.
+            SQLITE_MIGRATIONS.run(&writer).await?;
+            let reader = pool(4).await?;
+            Self {
+                backend: Backend::Sqlite,
+                writer,
+                reader,
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(16)
+                .connect(url)
+                .await?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            Self {
+                backend: Backend::Postgres,
+                writer: pool.clone(),
+                reader: pool,
+            }
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        tracing::debug!(backend = ?store.backend, "store opened and migrated");
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+/// WAL lets readers run beside the writer; NORMAL sync is durable across process crashes and
+/// loses at most the last transactions on power loss; the busy timeout covers the moments two
+/// pools touch the file at once.
+fn sqlite_pragmas(
+    conn: &mut AnyConnection,
+    _: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        for pragma in [
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA busy_timeout = 10000",
+            "PRAGMA foreign_keys = ON",
+        ] {
+            sqlx::query(pragma).execute(&mut *conn).await?;
+        }
+        Ok(())
+    })
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Draws a token that was never issued before and records it in the ledger.
+async fn issue_token(conn: &mut AnyConnection, kind: &str) -> Result<OwnershipToken, StoreError> {
+    for _ in 0..TOKEN_ATTEMPTS {
+        let token = OwnershipToken::generate();
+        let inserted = sqlx::query(
+            "INSERT INTO token_ledger (token, kind, issued_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(token.as_str())
+        .bind(kind)
+        .bind(now())
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(token);
+        }
+    }
+    Err(StoreError::TokensExhausted)
+}
+
+/// Takes the next address of `prefix` that was never handed out and records it in the ledger.
+async fn allocate_ipv6(
+    conn: &mut AnyConnection,
+    prefix: &Ipv6Prefix,
+    app: &AppName,
+) -> Result<Ipv6Addr, StoreError> {
+    let prefix_text = prefix.to_string();
+    let max: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(idx), 0) FROM ipv6_ledger WHERE prefix = $1")
+            .bind(&prefix_text)
+            .fetch_one(&mut *conn)
+            .await?;
+    let first =
+        u128::try_from(max).map_err(|_| StoreError::Corrupt("negative ipv6 index".into()))? + 1;
+    for idx in first..first + ADDRESS_ATTEMPTS {
+        let address = prefix
+            .address(idx)
+            .ok_or(StoreError::Ipv6Exhausted(*prefix))?;
+        let idx = i64::try_from(idx).map_err(|_| StoreError::Ipv6Exhausted(*prefix))?;
+        // A concurrent allocation of the same index (PostgreSQL) or an address an overlapping
+        // earlier prefix handed out makes this a no-op; then the next index is tried.
+        let inserted = sqlx::query(
+            "INSERT INTO ipv6_ledger (address, prefix, idx, app_name, allocated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(address.to_string())
+        .bind(&prefix_text)
+        .bind(idx)
+        .bind(app.as_str())
+        .bind(now())
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(address);
+        }
+    }
+    Err(StoreError::Ipv6Exhausted(*prefix))
+}
+
+const ORG_COLUMNS: &str = "o.id, o.slug, o.name, o.token, o.is_admin, o.created_at";
+const APP_COLUMNS: &str = "id, org_id, name, token, ipv6, backends, created_at";
+const HOSTNAME_COLUMNS: &str = "app_id, hostname, acme_requested, status, created_at, updated_at";
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+fn org_from_row(row: &AnyRow) -> Result<Org, StoreError> {
+    let slug: String = row.try_get("slug")?;
+    Ok(Org {
+        id: OrgId(row.try_get("id")?),
+        slug: OrgSlug::parse(&slug).map_err(|_| corrupt("org slug", &slug))?,
+        name: row.try_get("name")?,
+        token: OwnershipToken::from_stored(row.try_get("token")?),
+        is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn app_from_row(row: &AnyRow) -> Result<App, StoreError> {
+    let name: String = row.try_get("name")?;
+    let ipv6: String = row.try_get("ipv6")?;
+    let backends: String = row.try_get("backends")?;
+    let backends: Vec<String> =
+        serde_json::from_str(&backends).map_err(|_| corrupt("backends", &backends))?;
+    Ok(App {
+        id: AppId(row.try_get("id")?),
+        org_id: OrgId(row.try_get("org_id")?),
+        name: AppName::parse(&name).map_err(|_| corrupt("app name", &name))?,
+        token: OwnershipToken::from_stored(row.try_get("token")?),
+        ipv6: ipv6.parse().map_err(|_| corrupt("ipv6", &ipv6))?,
+        backends: backends
+            .iter()
+            .map(|b| AppBackend::parse(b).map_err(|_| corrupt("backend", b)))
+            .collect::<Result<_, _>>()?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn hostname_from_row(row: &AnyRow) -> Result<HostnameRecord, StoreError> {
+    let hostname: String = row.try_get("hostname")?;
+    let status: String = row.try_get("status")?;
+    Ok(HostnameRecord {
+        app_id: AppId(row.try_get("app_id")?),
+        hostname: Hostname::parse(&hostname).map_err(|_| corrupt("hostname", &hostname))?,
+        acme_requested: row.try_get::<i64, _>("acme_requested")? != 0,
+        status: CertificateStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn backends_json(backends: &[AppBackend]) -> String {
+    serde_json::Value::from(backends.iter().map(|b| b.as_str()).collect::<Vec<_>>()).to_string()
+}
+
+async fn insert_org(
+    conn: &mut AnyConnection,
+    name: &str,
+    slug: &str,
+    is_admin: bool,
+) -> Result<Org, StoreError> {
+    let token = issue_token(conn, "org").await?;
+    let created_at = now();
+    let inserted = sqlx::query(
+        "INSERT INTO orgs (slug, name, token, is_admin, created_at) VALUES ($1, $2, $3, $4, $5) \
+         RETURNING id",
+    )
+    .bind(slug)
+    .bind(name)
+    .bind(token.as_str())
+    .bind(i64::from(is_admin))
+    .bind(created_at)
+    .fetch_one(&mut *conn)
+    .await;
+    let id: i64 = match inserted {
+        Ok(row) => row.try_get("id")?,
+        Err(e) if is_unique_violation(&e) => return Err(StoreError::OrgTaken),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Org {
+        id: OrgId(id),
+        slug: OrgSlug::parse(slug).map_err(|_| corrupt("org slug", slug))?,
+        name: name.to_owned(),
+        token,
+        is_admin,
+        created_at,
+    })
+}
+
+async fn insert_api_token(
+    conn: &mut AnyConnection,
+    org: OrgId,
+    token: &TokenHash,
+    kind: TokenKind,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO api_tokens (token_hash, org_id, kind, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(token.as_str())
+    .bind(org.0)
+    .bind(kind.as_str())
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn hostname_row(
+    conn: &mut AnyConnection,
+    app: AppId,
+    hostname: &Hostname,
+) -> Result<Option<HostnameRecord>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {HOSTNAME_COLUMNS} FROM hostnames WHERE app_id = $1 AND hostname = $2"
+    ))
+    .bind(app.0)
+    .bind(hostname.as_str())
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(hostname_from_row)
+    .transpose()
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn bootstrap_admin(&self, token: &TokenHash) -> Result<Org, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS} FROM orgs o WHERE o.is_admin = 1 ORDER BY o.id LIMIT 1"
+        ))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let org = match existing {
+            Some(row) => org_from_row(&row)?,
+            None => insert_org(&mut tx, "Platform admin", "admin", true).await?,
+        };
+        insert_api_token(&mut tx, org.id, token, TokenKind::Admin).await?;
+        tx.commit().await?;
+        Ok(org)
+    }
+
+    async fn create_org(
+        &self,
+        name: &OrgName,
+        slug: &OrgSlug,
+        token: &TokenHash,
+    ) -> Result<Org, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let org = insert_org(&mut tx, name.as_str(), slug.as_str(), false).await?;
+        insert_api_token(&mut tx, org.id, token, TokenKind::Org).await?;
+        tx.commit().await?;
+        Ok(org)
+    }
+
+    async fn principal(&self, token: &TokenHash) -> Result<Option<Principal>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS}, t.kind FROM api_tokens t JOIN orgs o ON o.id = t.org_id \
+             WHERE t.token_hash = $1"
+        ))
+        .bind(token.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let kind: String = row.try_get("kind")?;
+        Ok(Some(Principal {
+            org: org_from_row(&row)?,
+            kind: TokenKind::parse(&kind).ok_or_else(|| corrupt("token kind", &kind))?,
+        }))
+    }
+
+    async fn create_app(
+        &self,
+        org: OrgId,
+        name: &AppName,
+        backends: &[AppBackend],
+        prefix: &Ipv6Prefix,
+    ) -> Result<App, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM apps WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::AppNameTaken);
+        }
+        let token = issue_token(&mut tx, "app").await?;
+        let ipv6 = allocate_ipv6(&mut tx, prefix, name).await?;
+        let created_at = now();
+        let inserted = sqlx::query(
+            "INSERT INTO apps (org_id, name, token, ipv6, backends, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(org.0)
+        .bind(name.as_str())
+        .bind(token.as_str())
+        .bind(ipv6.to_string())
+        .bind(backends_json(backends))
+        .bind(created_at)
+        .fetch_one(&mut *tx)
+        .await;
+        let id: i64 = match inserted {
+            Ok(row) => row.try_get("id")?,
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::AppNameTaken),
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        Ok(App {
+            id: AppId(id),
+            org_id: org,
+            name: name.clone(),
+            token,
+            ipv6,
+            backends: backends.to_vec(),
+            created_at,
+        })
+    }
+
+    async fn apps(&self, org: OrgId) -> Result<Vec<App>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE org_id = $1 ORDER BY name"
+        ))
+        .bind(org.0)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(app_from_row)
+        .collect()
+    }
+
+    async fn app(&self, org: OrgId, name: &AppName) -> Result<Option<App>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE org_id = $1 AND name = $2"
+        ))
+        .bind(org.0)
+        .bind(name.as_str())
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(app_from_row)
+        .transpose()
+    }
+
+    async fn set_backends(
+        &self,
+        org: OrgId,
+        name: &AppName,
+        backends: &[AppBackend],
+    ) -> Result<Option<App>, StoreError> {
+        sqlx::query(&format!(
+            "UPDATE apps SET backends = $1 WHERE org_id = $2 AND name = $3 RETURNING {APP_COLUMNS}"
+        ))
+        .bind(backends_json(backends))
+        .bind(org.0)
+        .bind(name.as_str())
+        .fetch_optional(&self.writer)
+        .await?
+        .as_ref()
+        .map(app_from_row)
+        .transpose()
+    }
+
+    async fn delete_app(&self, org: OrgId, name: &AppName) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM apps WHERE org_id = $1 AND name = $2")
+                .bind(org.0)
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(id) = id else { return Ok(false) };
+        sqlx::query("DELETE FROM hostnames WHERE app_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM apps WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn request_acme(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+    ) -> Result<(HostnameRecord, bool), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let holder: Option<i64> =
+            sqlx::query_scalar("SELECT app_id FROM hostnames WHERE hostname = $1")
+                .bind(hostname.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        match holder {
+            Some(holder) if holder != app.0 => return Err(StoreError::HostnameTaken),
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE hostnames SET acme_requested = 1, updated_at = $1 \
+                     WHERE app_id = $2 AND hostname = $3 AND acme_requested = 0",
+                )
+                .bind(now())
+                .bind(app.0)
+                .bind(hostname.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let record = hostname_row(&mut tx, app, hostname)
+                    .await?
+                    .ok_or_else(|| corrupt("vanished hostname", hostname.as_str()))?;
+                tx.commit().await?;
+                return Ok((record, false));
+            }
+            None => {}
+        }
+        let at = now();
+        let status = CertificateStatus::PendingOwnership;
+        let inserted = sqlx::query(
+            "INSERT INTO hostnames (app_id, hostname, acme_requested, status, created_at, updated_at) \
+             VALUES ($1, $2, 1, $3, $4, $4)",
+        )
+        .bind(app.0)
+        .bind(hostname.as_str())
+        .bind(status.as_str())
+        .bind(at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::HostnameTaken),
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok((
+            HostnameRecord {
+                app_id: app,
+                hostname: hostname.clone(),
+                acme_requested: true,
+                status,
+                created_at: at,
+                updated_at: at,
+            },
+            true,
+        ))
+    }
+
+    async fn hostname(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+    ) -> Result<Option<HostnameRecord>, StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        hostname_row(&mut conn, app, hostname).await
+    }
+
+    async fn hostnames(
+        &self,
+        app: AppId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        let items = sqlx::query(&format!(
+            "SELECT {HOSTNAME_COLUMNS} FROM hostnames WHERE app_id = $1 AND hostname > $2 \
+             ORDER BY hostname LIMIT $3"
+        ))
+        .bind(app.0)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(hostname_from_row)
+        .collect::<Result<_, _>>()?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hostnames WHERE app_id = $1")
+            .bind(app.0)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(Page {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn delete_hostname(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        scope: DeleteScope,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let Some(record) = hostname_row(&mut tx, app, hostname).await? else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        // Custom certificates do not exist yet, so a hostname holds only its ACME requirement:
+        // removing that leaves nothing, and the hostname is released.
+        let remove = match scope {
+            DeleteScope::All => true,
+            DeleteScope::Acme if record.acme_requested => true,
+            DeleteScope::Acme | DeleteScope::Custom => return Ok(DeleteOutcome::NothingToDelete),
+        };
+        if remove {
+            sqlx::query("DELETE FROM hostnames WHERE app_id = $1 AND hostname = $2")
+                .bind(app.0)
+                .bind(hostname.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(DeleteOutcome::Removed)
+    }
+
+    async fn token_issued(&self, token: &OwnershipToken) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM token_ledger WHERE token = $1")
+            .bind(token.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(found.is_some())
+    }
+}

@@ -1,0 +1,484 @@
+//! The one store test suite: every test runs against SQLite and against PostgreSQL.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use certplane_domain::{
+    ApiToken, AppName, Backend, CertificateStatus, DeleteScope, Hostname, Ipv6Prefix, OrgName,
+    OrgSlug,
+};
+use certplane_store::{DeleteOutcome, Org, Store, StoreError, TokenKind};
+use certplane_test_support::TestDb;
+
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let db = certplane_test_support::TestDb::sqlite().await;
+                    super::$test(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let db = certplane_test_support::TestDb::postgres().await;
+                    super::$test(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    admin_bootstrap_and_principals,
+    orgs_are_unique_by_slug,
+    apps_belong_to_their_org,
+    addresses_and_tokens_are_never_reused,
+    concurrent_app_creation_allocates_distinct_addresses,
+    hostnames_are_unique_across_the_platform,
+    pagination_returns_each_hostname_once,
+    delete_scopes,
+    deleting_an_app_releases_its_hostnames,
+    data_survives_reopening,
+);
+
+fn prefix() -> Ipv6Prefix {
+    "fdaa::/48".parse().expect("valid prefix")
+}
+
+fn app_name(name: &str) -> AppName {
+    AppName::parse(name).expect("valid app name")
+}
+
+fn host(name: &str) -> Hostname {
+    Hostname::parse(name).expect("valid hostname")
+}
+
+async fn org(store: &Arc<dyn Store>, name: &str) -> Org {
+    let name = OrgName::parse(name).expect("valid org name");
+    let slug = name.slug().expect("valid slug");
+    store
+        .create_org(&name, &slug, &ApiToken::generate().hash())
+        .await
+        .expect("org created")
+}
+
+async fn admin_bootstrap_and_principals(db: &TestDb) {
+    let store = db.store();
+    let admin_token = ApiToken::generate();
+    let admin = store
+        .bootstrap_admin(&admin_token.hash())
+        .await
+        .expect("bootstrap");
+    assert!(admin.is_admin);
+    // A second bootstrap (a restart that lost the token file) adds a token to the same org.
+    let second_token = ApiToken::generate();
+    let again = store
+        .bootstrap_admin(&second_token.hash())
+        .await
+        .expect("bootstrap again");
+    assert_eq!(again.id, admin.id);
+    for token in [&admin_token, &second_token] {
+        let p = store
+            .principal(&token.hash())
+            .await
+            .expect("lookup")
+            .expect("known");
+        assert_eq!(p.kind, TokenKind::Admin);
+        assert_eq!(p.org.id, admin.id);
+    }
+
+    let org_token = ApiToken::generate();
+    let name = OrgName::parse("Acme Corp").expect("valid");
+    let acme = store
+        .create_org(&name, &name.slug().expect("slug"), &org_token.hash())
+        .await
+        .expect("org");
+    assert_eq!(acme.slug.as_str(), "acme-corp");
+    assert!(!acme.is_admin);
+    assert_ne!(acme.token, admin.token);
+    let p = store
+        .principal(&org_token.hash())
+        .await
+        .expect("lookup")
+        .expect("known");
+    assert_eq!((p.kind, p.org), (TokenKind::Org, acme));
+
+    let unknown = store
+        .principal(&ApiToken::generate().hash())
+        .await
+        .expect("lookup");
+    assert_eq!(unknown, None);
+}
+
+async fn orgs_are_unique_by_slug(db: &TestDb) {
+    let store = db.store();
+    let first = org(&store, "Acme").await;
+    let token = ApiToken::generate();
+    let name = OrgName::parse("ACME").expect("valid");
+    let err = store
+        .create_org(&name, &OrgSlug::parse("acme").expect("slug"), &token.hash())
+        .await
+        .expect_err("duplicate slug");
+    assert!(matches!(err, StoreError::OrgTaken), "{err:?}");
+    // Nothing of the refused org was written: its token authenticates nobody.
+    assert_eq!(store.principal(&token.hash()).await.expect("lookup"), None);
+    assert!(store.token_issued(&first.token).await.expect("ledger"));
+}
+
+async fn apps_belong_to_their_org(db: &TestDb) {
+    let store = db.store();
+    let a = org(&store, "Org A").await;
+    let b = org(&store, "Org B").await;
+    let backends = vec![Backend::parse("10.0.0.5:8080").expect("valid")];
+    let web = store
+        .create_app(a.id, &app_name("web"), &backends, &prefix())
+        .await
+        .expect("app");
+    assert_eq!(web.name.as_str(), "web");
+    assert_eq!(web.org_id, a.id);
+    assert_eq!(web.backends, backends);
+    assert!(web.ipv6.to_string().starts_with("fdaa:"), "{}", web.ipv6);
+
+    assert_eq!(
+        store.app(a.id, &app_name("web")).await.expect("get"),
+        Some(web.clone())
+    );
+    assert_eq!(store.app(b.id, &app_name("web")).await.expect("get"), None);
+    assert_eq!(store.apps(a.id).await.expect("list"), vec![web.clone()]);
+    assert!(store.apps(b.id).await.expect("list").is_empty());
+
+    // App names are unique on the whole platform.
+    let err = store
+        .create_app(b.id, &app_name("web"), &[], &prefix())
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::AppNameTaken), "{err:?}");
+
+    let new_backends = vec![
+        Backend::parse("10.0.0.6:8080").expect("valid"),
+        Backend::parse("web.internal:80").expect("valid"),
+    ];
+    assert_eq!(
+        store
+            .set_backends(b.id, &app_name("web"), &new_backends)
+            .await
+            .expect("patch"),
+        None
+    );
+    let patched = store
+        .set_backends(a.id, &app_name("web"), &new_backends)
+        .await
+        .expect("patch")
+        .expect("found");
+    assert_eq!(patched.backends, new_backends);
+    assert_eq!(patched.ipv6, web.ipv6);
+
+    assert!(
+        !store
+            .delete_app(b.id, &app_name("web"))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        store
+            .delete_app(a.id, &app_name("web"))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_app(a.id, &app_name("web"))
+            .await
+            .expect("delete")
+    );
+    assert_eq!(store.app(a.id, &app_name("web")).await.expect("get"), None);
+}
+
+async fn addresses_and_tokens_are_never_reused(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Churn").await;
+    let mut addresses = HashSet::new();
+    let mut tokens = HashSet::new();
+    for i in 0..1000 {
+        let name = app_name(&format!("churn-{i}"));
+        let app = store
+            .create_app(o.id, &name, &[], &prefix())
+            .await
+            .expect("app");
+        assert!(
+            addresses.insert(app.ipv6),
+            "address {} handed out twice",
+            app.ipv6
+        );
+        assert!(tokens.insert(app.token.as_str().to_owned()), "token reused");
+        assert!(store.delete_app(o.id, &name).await.expect("delete"));
+        assert!(
+            store.token_issued(&app.token).await.expect("ledger"),
+            "ledger forgot a token"
+        );
+    }
+    // The same names again, after every earlier app is gone.
+    for i in 0..1000 {
+        let name = app_name(&format!("churn-{i}"));
+        let app = store
+            .create_app(o.id, &name, &[], &prefix())
+            .await
+            .expect("app");
+        assert!(
+            addresses.insert(app.ipv6),
+            "address {} handed out twice",
+            app.ipv6
+        );
+        assert!(tokens.insert(app.token.as_str().to_owned()), "token reused");
+    }
+    assert_eq!(addresses.len(), 2000);
+    assert_eq!(tokens.len(), 2000);
+    assert!(!tokens.contains(o.token.as_str()));
+}
+
+async fn concurrent_app_creation_allocates_distinct_addresses(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Parallel").await;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create_app(o.id, &app_name(&format!("par-{i}")), &[], &prefix())
+                    .await
+            })
+        })
+        .collect();
+    let mut addresses = HashSet::new();
+    for task in tasks {
+        let app = task.await.expect("task").expect("app");
+        assert!(addresses.insert(app.ipv6));
+    }
+    assert_eq!(addresses.len(), 32);
+    assert_eq!(store.apps(o.id).await.expect("list").len(), 32);
+}
+
+async fn hostnames_are_unique_across_the_platform(db: &TestDb) {
+    let store = db.store();
+    let a = org(&store, "A").await;
+    let b = org(&store, "B").await;
+    let app_a = store
+        .create_app(a.id, &app_name("a-web"), &[], &prefix())
+        .await
+        .expect("app");
+    let app_a2 = store
+        .create_app(a.id, &app_name("a-api"), &[], &prefix())
+        .await
+        .expect("app");
+    let app_b = store
+        .create_app(b.id, &app_name("b-web"), &[], &prefix())
+        .await
+        .expect("app");
+
+    let (rec, created) = store
+        .request_acme(app_a.id, &host("www.example.com"))
+        .await
+        .expect("add");
+    assert!(created);
+    assert!(rec.acme_requested);
+    assert_eq!(rec.status, CertificateStatus::PendingOwnership);
+    assert_eq!(rec.hostname.as_str(), "www.example.com");
+
+    // Adding it again to the same app is idempotent.
+    let (again, created) = store
+        .request_acme(app_a.id, &host("www.example.com"))
+        .await
+        .expect("add");
+    assert!(!created);
+    assert_eq!(again, rec);
+
+    for other in [app_a2.id, app_b.id] {
+        let err = store
+            .request_acme(other, &host("www.example.com"))
+            .await
+            .expect_err("taken");
+        assert!(matches!(err, StoreError::HostnameTaken), "{err:?}");
+        let page = store.hostnames(other, None, 10).await.expect("list");
+        assert_eq!(page.total, 0, "a refused claim wrote something");
+    }
+    assert_eq!(
+        store
+            .hostname(app_b.id, &host("www.example.com"))
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        store
+            .hostname(app_a.id, &host("www.example.com"))
+            .await
+            .expect("get"),
+        Some(rec)
+    );
+    // A wildcard and its apex are names of their own.
+    store
+        .request_acme(app_b.id, &host("*.example.com"))
+        .await
+        .expect("wildcard");
+    store
+        .request_acme(app_b.id, &host("example.com"))
+        .await
+        .expect("apex");
+}
+
+async fn pagination_returns_each_hostname_once(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Pages").await;
+    let app = store
+        .create_app(o.id, &app_name("pages"), &[], &prefix())
+        .await
+        .expect("app");
+    let other = store
+        .create_app(o.id, &app_name("other"), &[], &prefix())
+        .await
+        .expect("app");
+    store
+        .request_acme(other.id, &host("noise.example.org"))
+        .await
+        .expect("add");
+    let mut expected = Vec::new();
+    for i in 0..1234 {
+        let h = host(&format!("h{i}.example.com"));
+        store.request_acme(app.id, &h).await.expect("add");
+        expected.push(h.as_str().to_owned());
+    }
+    store
+        .request_acme(app.id, &host("*.wild.example.com"))
+        .await
+        .expect("add");
+    expected.push("*.wild.example.com".to_owned());
+    expected.sort();
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .hostnames(app.id, after.as_deref(), 100)
+            .await
+            .expect("page");
+        assert_eq!(page.total, 1235);
+        assert!(page.items.len() <= 100);
+        let Some(last) = page.items.last() else { break };
+        after = Some(last.hostname.as_str().to_owned());
+        seen.extend(page.items.iter().map(|r| r.hostname.as_str().to_owned()));
+    }
+    assert_eq!(seen, expected, "every hostname exactly once, in byte order");
+}
+
+async fn delete_scopes(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Deletes").await;
+    let app = store
+        .create_app(o.id, &app_name("del"), &[], &prefix())
+        .await
+        .expect("app");
+    let h = host("www.example.net");
+    assert_eq!(
+        store
+            .delete_hostname(app.id, &h, DeleteScope::All)
+            .await
+            .expect("delete"),
+        DeleteOutcome::NotFound
+    );
+    store.request_acme(app.id, &h).await.expect("add");
+    assert_eq!(
+        store
+            .delete_hostname(app.id, &h, DeleteScope::Custom)
+            .await
+            .expect("delete"),
+        DeleteOutcome::NothingToDelete
+    );
+    assert!(store.hostname(app.id, &h).await.expect("get").is_some());
+    // The ACME requirement was all the hostname had: it is released.
+    assert_eq!(
+        store
+            .delete_hostname(app.id, &h, DeleteScope::Acme)
+            .await
+            .expect("delete"),
+        DeleteOutcome::Removed
+    );
+    assert_eq!(store.hostname(app.id, &h).await.expect("get"), None);
+
+    store.request_acme(app.id, &h).await.expect("add again");
+    assert_eq!(
+        store
+            .delete_hostname(app.id, &h, DeleteScope::All)
+            .await
+            .expect("delete"),
+        DeleteOutcome::Removed
+    );
+    assert_eq!(
+        store.hostnames(app.id, None, 10).await.expect("list").total,
+        0
+    );
+}
+
+async fn deleting_an_app_releases_its_hostnames(db: &TestDb) {
+    let store = db.store();
+    let a = org(&store, "Leaving").await;
+    let b = org(&store, "Arriving").await;
+    let old = store
+        .create_app(a.id, &app_name("old"), &[], &prefix())
+        .await
+        .expect("app");
+    store
+        .request_acme(old.id, &host("shop.example.com"))
+        .await
+        .expect("add");
+    assert!(
+        store
+            .delete_app(a.id, &app_name("old"))
+            .await
+            .expect("delete")
+    );
+    let new = store
+        .create_app(b.id, &app_name("new"), &[], &prefix())
+        .await
+        .expect("app");
+    let (_, created) = store
+        .request_acme(new.id, &host("shop.example.com"))
+        .await
+        .expect("claim");
+    assert!(created);
+}
+
+async fn data_survives_reopening(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Durable").await;
+    let app = store
+        .create_app(o.id, &app_name("durable"), &[], &prefix())
+        .await
+        .expect("app");
+    store
+        .request_acme(app.id, &host("www.durable.example"))
+        .await
+        .expect("add");
+    db.sql_store().close().await;
+
+    // Opening runs the migrations again, which must be a no-op.
+    let reopened = certplane_store::SqlStore::open(db.url())
+        .await
+        .expect("reopen");
+    assert_eq!(
+        reopened.app(o.id, &app_name("durable")).await.expect("get"),
+        Some(app.clone())
+    );
+    let page = reopened.hostnames(app.id, None, 10).await.expect("list");
+    assert_eq!(page.items.len(), 1);
+    let next = reopened
+        .create_app(o.id, &app_name("durable-2"), &[], &prefix())
+        .await
+        .expect("app");
+    assert_ne!(next.ipv6, app.ipv6);
+    reopened.close().await;
+}
