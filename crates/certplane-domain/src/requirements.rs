@@ -2,12 +2,12 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{AppName, Hostname, OwnershipToken, PlatformSettings};
 
 /// Every record the customer may set for one hostname, with the exact values.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DnsRequirements {
     /// `A <host>` values: the platform's shared IPv4 addresses.
@@ -25,7 +25,7 @@ pub struct DnsRequirements {
 }
 
 /// `CNAME _acme-challenge.<base> <base>.<app token>.<challenge zone>`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AcmeChallengeRecord {
     pub name: String,
@@ -33,7 +33,7 @@ pub struct AcmeChallengeRecord {
 }
 
 /// `TXT _<platform>-ownership.<base>` holding `app_value` or `org_value`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OwnershipRecord {
     pub name: String,

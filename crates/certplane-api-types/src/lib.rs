@@ -1,0 +1,182 @@
+//! The REST API's request and answer bodies.
+//!
+//! The server serialises these and documents them in its OpenAPI document; the CLI's client
+//! deserialises the same types. Field names are part of the pinned contract: add fields, never
+//! rename them.
+
+#![forbid(unsafe_code)]
+
+use certplane_domain::{CertificateStatus, DnsRequirements};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `{"error": {...}}`: every 4xx and 5xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable.
+    #[schema(example = "HOSTNAME_TAKEN")]
+    pub code: String,
+    pub message: String,
+    /// What to do about it.
+    pub remediation: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    #[schema(example = "Acme Corp")]
+    pub name: String,
+}
+
+/// A new org. `token` is its API token, shown this once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedOrg {
+    pub slug: String,
+    pub name: String,
+    pub token: String,
+    /// The TXT value that proves ownership for every app of the org.
+    pub ownership_value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAppRequest {
+    #[schema(example = "web")]
+    pub app_name: String,
+    /// `host:port` addresses the edges forward to.
+    #[serde(default)]
+    #[schema(example = json!(["10.0.0.5:8080"]))]
+    pub backends: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAppRequest {
+    /// Replaces the backends when present.
+    pub backends: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppResponse {
+    pub name: String,
+    /// The owning org's slug.
+    pub org: String,
+    /// The app's dedicated IPv6 address: never handed to another app, even after deletion.
+    pub ipv6: String,
+    /// The platform's shared IPv4 addresses.
+    pub ipv4: Vec<String>,
+    /// `<token>.<app>.<apps_domain>`
+    pub cname_target: String,
+    /// `app-<token>`, for the ownership TXT record.
+    pub ownership_value: String,
+    /// `org-<token>`, valid for every app of the org.
+    pub org_ownership_value: String,
+    pub backends: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppList {
+    pub apps: Vec<AppResponse>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddAcmeRequest {
+    #[schema(example = "www.example.com")]
+    pub hostname: String,
+}
+
+/// One hostname and its certificates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateDetail {
+    pub hostname: String,
+    pub app: String,
+    pub status: CertificateStatus,
+    /// Why the status is what it is, and what happens next.
+    pub status_detail: String,
+    /// Whether the hostname's traffic records point at the platform.
+    pub configured: bool,
+    pub acme_requested: bool,
+    pub is_wildcard: bool,
+    pub is_apex: bool,
+    /// RFC 3339; set while the CA's rate limits hold issuance back.
+    pub rate_limited_until: Option<String>,
+    pub certificates: Vec<CertificateEntry>,
+    pub validation: Validation,
+    pub dns_requirements: DnsRequirements,
+    pub validation_errors: Vec<ValidationError>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A certificate stored for a hostname.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateEntry {
+    /// `acme` or `custom`.
+    pub source: String,
+    pub status: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub issuer: String,
+    pub issued: Vec<IssuedKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IssuedKey {
+    /// `ecdsa` or `rsa`.
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub expires_at: String,
+}
+
+/// What the DNS checks found configured.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Validation {
+    pub dns_configured: bool,
+    pub alpn_configured: bool,
+    pub http_configured: bool,
+    pub ownership_txt_configured: bool,
+    pub ownership_verified: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ValidationError {
+    pub code: String,
+    pub message: String,
+    pub remediation: String,
+    pub timestamp: String,
+}
+
+/// A hostname in a list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateSummary {
+    pub hostname: String,
+    pub status: CertificateStatus,
+    pub configured: bool,
+    pub acme_requested: bool,
+    pub is_wildcard: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateList {
+    pub certificates: Vec<CertificateSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+    /// All of the app's hostnames.
+    pub total_count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}

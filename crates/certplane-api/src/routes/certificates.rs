@@ -1,0 +1,324 @@
+//! `/v1/apps/{app}/certificates…`: an app's hostnames and their certificates.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use certplane_api_types::{AddAcmeRequest, CertificateDetail, CertificateList, ErrorBody};
+use certplane_domain::{DeleteScope, Hostname};
+use certplane_store::{App, DeleteOutcome, HostnameRecord, Principal};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::auth::Auth;
+use crate::extract::{Json, Path, Query};
+use crate::routes::apps;
+use crate::{ApiError, ApiState, present};
+
+pub const DEFAULT_LIMIT: u32 = 25;
+pub const MAX_LIMIT: u32 = 500;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to 500 (default 25).
+    limit: Option<u32>,
+}
+
+/// The caller's app and one of its hostnames; anything else is 404.
+async fn load(
+    state: &ApiState,
+    principal: &Principal,
+    app: &str,
+    hostname: &str,
+) -> Result<(App, HostnameRecord), ApiError> {
+    let app = apps::load(state, principal, app).await?;
+    let not_found = || ApiError::certificate_not_found(app.name.as_str(), hostname);
+    let Ok(name) = Hostname::parse(hostname) else {
+        return Err(not_found());
+    };
+    let record = state
+        .store
+        .hostname(app.id, &name)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((app, record))
+}
+
+fn detail(
+    state: &ApiState,
+    principal: &Principal,
+    app: &App,
+    record: &HostnameRecord,
+) -> CertificateDetail {
+    present::detail(&state.platform, &principal.org, app, record)
+}
+
+/// The app's hostnames in name order, a page at a time.
+#[utoipa::path(get, path = "/v1/apps/{app}/certificates", tag = "certificates",
+    params(("app" = String, Path, description = "App name"), ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = CertificateList),
+        (status = 404, description = "APP_NOT_FOUND", body = ErrorBody),
+        (status = 422, description = "LIMIT_OUT_OF_RANGE, INVALID_CURSOR", body = ErrorBody),
+    ))]
+pub async fn list_certificates(
+    State(state): State<ApiState>,
+    Auth(principal): Auth,
+    Path(app): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<CertificateList>, ApiError> {
+    let app = apps::load(&state, &principal, &app).await?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "LIMIT_OUT_OF_RANGE",
+            format!("limit {limit} is outside 1..={MAX_LIMIT}"),
+            format!("Pass a limit from 1 to {MAX_LIMIT}, or none for {DEFAULT_LIMIT}."),
+        ));
+    }
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let page = state
+        .store
+        .hostnames(app.id, after.as_deref(), limit)
+        .await?;
+    let full = page.items.len() == limit as usize;
+    let next_cursor = page
+        .items
+        .last()
+        .filter(|_| full)
+        .map(|r| URL_SAFE_NO_PAD.encode(r.hostname.as_str()));
+    Ok(axum::Json(CertificateList {
+        certificates: page.items.iter().map(present::summary).collect(),
+        next_cursor,
+        total_count: page.total,
+    }))
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_CURSOR",
+                "the cursor is not one this API handed out",
+                "Pass next_cursor from the previous page unchanged, or no cursor for the first page.",
+            )
+        })
+}
+
+/// Adds a hostname to the app and asks for an ACME certificate for it.
+///
+/// 201 when the hostname is new; 200 when the app already had it (the ACME requirement is
+/// recorded either way).
+#[utoipa::path(post, path = "/v1/apps/{app}/certificates/acme", tag = "certificates",
+    params(("app" = String, Path, description = "App name")),
+    request_body = AddAcmeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = CertificateDetail),
+        (status = 200, description = "The app already had the hostname", body = CertificateDetail),
+        (status = 404, description = "APP_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "HOSTNAME_TAKEN", body = ErrorBody),
+        (status = 422, description = "HOSTNAME_* codes", body = ErrorBody),
+    ))]
+pub async fn add_acme(
+    State(state): State<ApiState>,
+    Auth(principal): Auth,
+    Path(app): Path<String>,
+    Json(body): Json<AddAcmeRequest>,
+) -> Result<(StatusCode, axum::Json<CertificateDetail>), ApiError> {
+    let app = apps::load(&state, &principal, &app).await?;
+    let hostname = Hostname::parse(&body.hostname)?;
+    for zone in [&state.platform.apps_domain, &state.platform.challenge_zone] {
+        if hostname.is_within(zone.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "HOSTNAME_RESERVED",
+                format!("{hostname} is inside the platform's own zone {zone}"),
+                "Add a hostname of a domain you registered; the platform's own names cannot be claimed.",
+            ));
+        }
+    }
+    let (record, created) = state.store.request_acme(app.id, &hostname).await?;
+    if created {
+        tracing::info!(%hostname, app = %app.name, "hostname added");
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(detail(&state, &principal, &app, &record)),
+    ))
+}
+
+/// Imports a custom certificate. Not supported yet.
+#[utoipa::path(post, path = "/v1/apps/{app}/certificates/custom", tag = "certificates",
+    params(("app" = String, Path, description = "App name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 404, description = "APP_NOT_FOUND", body = ErrorBody),
+        (status = 501, description = "NOT_SUPPORTED_YET", body = ErrorBody),
+    ))]
+pub async fn import_custom(
+    State(state): State<ApiState>,
+    Auth(principal): Auth,
+    Path(app): Path<String>,
+) -> Result<Response, ApiError> {
+    apps::load(&state, &principal, &app).await?;
+    Err(ApiError::not_supported_yet(
+        "importing a custom certificate",
+    ))
+}
+
+/// One hostname with its certificates, status and the DNS records to set.
+#[utoipa::path(get, path = "/v1/apps/{app}/certificates/{hostname}", tag = "certificates",
+    params(
+        ("app" = String, Path, description = "App name"),
+        ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = CertificateDetail),
+        (status = 404, description = "APP_NOT_FOUND, CERTIFICATE_NOT_FOUND", body = ErrorBody),
+    ))]
+pub async fn get_certificate(
+    State(state): State<ApiState>,
+    Auth(principal): Auth,
+    Path((app, hostname)): Path<(String, String)>,
+) -> Result<axum::Json<CertificateDetail>, ApiError> {
+    let (app, record) = load(&state, &principal, &app, &hostname).await?;
+    Ok(axum::Json(detail(&state, &principal, &app, &record)))
+}
+
+/// Runs the DNS checks for a hostname now. Not supported yet.
+#[utoipa::path(post, path = "/v1/apps/{app}/certificates/{hostname}/check", tag = "certificates",
+    params(
+        ("app" = String, Path, description = "App name"),
+        ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 404, description = "APP_NOT_FOUND, CERTIFICATE_NOT_FOUND", body = ErrorBody),
+        (status = 501, description = "NOT_SUPPORTED_YET", body = ErrorBody),
+    ))]
+pub async fn check_certificate(
+    State(state): State<ApiState>,
+    Auth(principal): Auth,
+    Path((app, hostname)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    load(&state, &principal, &app, &hostname).await?;
+    Err(ApiError::not_supported_yet("checking DNS records"))
+}
+
+/// Removes the hostname and every certificate on it.
+#[utoipa::path(delete, path = "/v1/apps/{app}/certificates/{hostname}", tag = "certificates",
+    params(
+        ("app" = String, Path, description = "App name"),
+        ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "APP_NOT_FOUND, CERTIFICATE_NOT_FOUND", body = ErrorBody),
+    ))]
+pub async fn delete_certificate(
+    State(state): State<ApiState>,
+    Auth(principal): Auth,
+    Path((app, hostname)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    delete(&state, &principal, &app, &hostname, DeleteScope::All).await
+}
+
+/// Removes the ACME certificates and requirement; a custom certificate stays. When nothing is
+/// left the hostname is released and the answer is 204.
+#[utoipa::path(delete, path = "/v1/apps/{app}/certificates/{hostname}/acme", tag = "certificates",
+    params(
+        ("app" = String, Path, description = "App name"),
+        ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What is left", body = CertificateDetail),
+        (status = 204, description = "Nothing was left: the hostname is released"),
+        (status = 404, description = "APP_NOT_FOUND, CERTIFICATE_NOT_FOUND, ACME_NOT_REQUESTED", body = ErrorBody),
+    ))]
+pub async fn delete_acme(
+    State(state): State<ApiState>,
+    Auth(principal): Auth,
+    Path((app, hostname)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    delete(&state, &principal, &app, &hostname, DeleteScope::Acme).await
+}
+
+/// Removes the custom certificate; ACME stays. When nothing is left the hostname is released
+/// and the answer is 204.
+#[utoipa::path(delete, path = "/v1/apps/{app}/certificates/{hostname}/custom", tag = "certificates",
+    params(
+        ("app" = String, Path, description = "App name"),
+        ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What is left", body = CertificateDetail),
+        (status = 204, description = "Nothing was left: the hostname is released"),
+        (status = 404, description = "APP_NOT_FOUND, CERTIFICATE_NOT_FOUND, CUSTOM_CERTIFICATE_NOT_FOUND", body = ErrorBody),
+    ))]
+pub async fn delete_custom(
+    State(state): State<ApiState>,
+    Auth(principal): Auth,
+    Path((app, hostname)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    delete(&state, &principal, &app, &hostname, DeleteScope::Custom).await
+}
+
+async fn delete(
+    state: &ApiState,
+    principal: &Principal,
+    app: &str,
+    hostname: &str,
+    scope: DeleteScope,
+) -> Result<Response, ApiError> {
+    let (app, record) = load(state, principal, app, hostname).await?;
+    match state
+        .store
+        .delete_hostname(app.id, &record.hostname, scope)
+        .await?
+    {
+        DeleteOutcome::NotFound => {
+            Err(ApiError::certificate_not_found(app.name.as_str(), hostname))
+        }
+        DeleteOutcome::NothingToDelete => Err(match scope {
+            DeleteScope::Custom => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "CUSTOM_CERTIFICATE_NOT_FOUND",
+                format!("{} has no custom certificate", record.hostname),
+                "Nothing to remove; `certplane certs show HOST` lists what the hostname has.",
+            ),
+            _ => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "ACME_NOT_REQUESTED",
+                format!("{} has no ACME certificate or request", record.hostname),
+                "Nothing to remove; `certplane certs show HOST` lists what the hostname has.",
+            ),
+        }),
+        DeleteOutcome::Removed => {
+            tracing::info!(hostname = %record.hostname, app = %app.name, ?scope, "hostname removed");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        DeleteOutcome::Updated(record) => {
+            Ok(axum::Json(detail(state, principal, &app, &record)).into_response())
+        }
+    }
+}
