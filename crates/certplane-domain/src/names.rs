@@ -54,7 +54,8 @@ impl OrgName {
             }
         }
         let slug = slug.trim_end_matches('-');
-        OrgSlug::parse(&slug[..slug.len().min(63)].trim_end_matches('-').to_owned())
+        // The slug is ASCII, so byte slicing stays on character boundaries.
+        OrgSlug::parse(slug[..slug.len().min(63)].trim_end_matches('-'))
     }
 }
 

@@ -1,1 +1,126 @@
-fn main() {}
+//! The `certplane` binary: parses arguments and hands over to the library crates.
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use certplane_cli::{ApiArgs, AppsCommand, CertsCommand, Command as CustomerCommand, OrgsCommand};
+use certplane_config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "certplane",
+    version,
+    about = "Custom hostnames and their TLS certificates for a hosting platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform on this machine (API, and more as certplane grows).
+    Serve {
+        /// TOML configuration file; every key is optional.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run one more edge proxy that follows a control plane.
+    Edge {
+        #[arg(long = "control-plane")]
+        control_plane: String,
+        #[arg(long, env = "CERTPLANE_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Hostnames and their certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Apps.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Orgs (admin).
+    Orgs {
+        #[command(subcommand)]
+        command: OrgsCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let config = match Config::load(config.as_deref(), |k| std::env::var(k).ok()) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let served = runtime.block_on(certplane_server::serve(
+                config,
+                certplane_server::shutdown_signal(),
+                |_| {},
+            ));
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Edge { .. } => fail(
+            "`certplane edge` is not supported yet by this version: edges and propagation come with a later release",
+        ),
+        Command::Certs { command, api } => {
+            customer(&runtime, CustomerCommand::Certs(command), &api)
+        }
+        Command::Apps { command, api } => customer(&runtime, CustomerCommand::Apps(command), &api),
+        Command::Orgs { command, api } => customer(&runtime, CustomerCommand::Orgs(command), &api),
+    }
+}
+
+fn customer(
+    runtime: &tokio::runtime::Runtime,
+    command: CustomerCommand,
+    api: &ApiArgs,
+) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(certplane_cli::run(command, api, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(reason: &str) -> ExitCode {
+    eprintln!("error: {reason}");
+    ExitCode::FAILURE
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
