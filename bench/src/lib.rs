@@ -55,6 +55,9 @@ impl Server {
             .current_dir(dir)
             .env("CERTPLANE_API_LISTEN", addr.to_string())
             .env("RUST_LOG", "warn")
+            // The API alone is measured: no background DNS checks, and no DNS traffic at all.
+            .env("CERTPLANE_DNS_BACKGROUND_CHECKS", "false")
+            .env("CERTPLANE_DNS_NAMESERVERS", "127.0.0.1:9")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(url) = database_url {

@@ -112,8 +112,37 @@ pub struct CertificateDetail {
     pub validation: Validation,
     pub dns_requirements: DnsRequirements,
     pub validation_errors: Vec<ValidationError>,
+    /// The records a proxy or CDN answers for the hostname point elsewhere.
+    pub is_proxied: bool,
+    /// The proxy, when its published ranges are known.
+    pub proxy_provider: Option<String>,
+    /// Which records prove ownership: `aaaa`, `cname`, `ownership_txt`, `acme_challenge_cname`.
+    pub ownership_proofs: Vec<String>,
+    /// What the last DNS check found; absent before the first check.
+    pub dns_records: Option<DnsRecordsFound>,
+    /// RFC 3339; absent before the first check.
+    pub checked_at: Option<String>,
+    /// When the platform checks again by itself (RFC 3339).
+    pub next_check_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// What the last DNS check found for a hostname.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DnsRecordsFound {
+    pub a: Vec<String>,
+    pub aaaa: Vec<String>,
+    /// CNAME targets from the hostname, in order.
+    pub cname_chain: Vec<String>,
+    pub acme_challenge_cname: Vec<String>,
+    pub ownership_txt: Vec<String>,
+    /// The CAA records that apply, `flags tag "value"`.
+    pub caa: Vec<String>,
+    /// The name the applicable CAA records were found at.
+    pub caa_at: Option<String>,
+    /// Each lookup's outcome: `records`, `no_data`, `nx_domain`, `serv_fail`, `timeout`.
+    pub outcomes: std::collections::BTreeMap<String, String>,
 }
 
 /// A certificate stored for a hostname.
@@ -144,6 +173,8 @@ pub struct Validation {
     pub http_configured: bool,
     pub ownership_txt_configured: bool,
     pub ownership_verified: bool,
+    /// Whether CAA lets the platform's CA issue.
+    pub caa_permits: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

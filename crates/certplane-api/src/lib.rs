@@ -23,6 +23,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use certplane_domain::PlatformSettings;
+use certplane_ownership::Verifier;
 use certplane_store::Store;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -39,6 +40,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub platform: Arc<PlatformSettings>,
+    pub verifier: Arc<Verifier>,
     openapi: Arc<String>,
 }
 
@@ -108,7 +110,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The API's router, ready to serve.
-pub fn router(store: Arc<dyn Store>, platform: Arc<PlatformSettings>) -> Router {
+pub fn router(
+    store: Arc<dyn Store>,
+    platform: Arc<PlatformSettings>,
+    verifier: Arc<Verifier>,
+) -> Router {
     let (router, doc) = api_routes().split_for_parts();
     let openapi = doc.to_pretty_json().unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot serialise the OpenAPI document");
@@ -117,6 +123,7 @@ pub fn router(store: Arc<dyn Store>, platform: Arc<PlatformSettings>) -> Router 
     let state = ApiState {
         store,
         platform,
+        verifier,
         openapi: Arc::new(openapi),
     };
     router

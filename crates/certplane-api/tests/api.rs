@@ -1,129 +1,14 @@
 //! The REST API over real HTTP, on a real store (SQLite, and PostgreSQL where it matters).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use certplane_domain::{ApiToken, Hostname, PlatformSettings};
-use certplane_store::Store;
 use certplane_test_support::TestDb;
+use common::{TestApi, code};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-struct TestApi {
-    base: String,
-    admin: String,
-    client: reqwest::Client,
-    _db: TestDb,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TestApi {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-fn platform() -> PlatformSettings {
-    PlatformSettings {
-        name: "certplane".into(),
-        apps_domain: Hostname::parse("apps.plat.test").expect("valid"),
-        challenge_zone: Hostname::parse("acme.plat.test").expect("valid"),
-        ipv6_prefix: "fdaa::/48".parse().expect("valid"),
-        shared_ipv4: vec!["203.0.113.10".parse().expect("valid")],
-    }
-}
-
-impl TestApi {
-    async fn start(db: TestDb) -> Self {
-        let store: Arc<dyn Store> = db.store();
-        let admin = ApiToken::generate();
-        store.bootstrap_admin(&admin.hash()).await.expect("admin");
-        let router = certplane_api::router(store, Arc::new(platform()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("serve");
-        });
-        Self {
-            base: format!("http://{addr}"),
-            admin: admin.expose().to_owned(),
-            client: reqwest::Client::new(),
-            _db: db,
-            server,
-        }
-    }
-
-    async fn sqlite() -> Self {
-        Self::start(TestDb::sqlite().await).await
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("JSON body")
-        };
-        (status, value)
-    }
-
-    async fn org(&self, name: &str) -> String {
-        let (status, body) = self
-            .send(
-                Method::POST,
-                "/v1/orgs",
-                Some(&self.admin),
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["token"].as_str().expect("token").to_owned()
-    }
-
-    async fn app(&self, token: &str, name: &str) -> Value {
-        let (status, body) = self
-            .send(
-                Method::POST,
-                "/v1/apps",
-                Some(token),
-                Some(json!({"app_name": name, "backends": ["127.0.0.1:9000"]})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body
-    }
-
-    async fn add(&self, token: &str, app: &str, hostname: &str) -> (StatusCode, Value) {
-        self.send(
-            Method::POST,
-            &format!("/v1/apps/{app}/certificates/acme"),
-            Some(token),
-            Some(json!({"hostname": hostname})),
-        )
-        .await
-    }
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<no error code>")
-}
 
 /// The routes of the pinned contract plus the ones this server adds, exactly.
 const SERVED: &[(&str, &str)] = &[
@@ -528,8 +413,8 @@ async fn apps_and_certificate_detail() {
         (json!(true), Value::Null)
     );
 
-    // Not supported yet, said plainly.
-    let (status, body) = api
+    // A check against DNS servers that do not answer says so, and leaves ownership unproven.
+    let (status, checked) = api
         .send(
             Method::POST,
             "/v1/apps/shop/certificates/www.shop-example.com/check",
@@ -537,10 +422,16 @@ async fn apps_and_certificate_detail() {
             None,
         )
         .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::NOT_IMPLEMENTED, "NOT_SUPPORTED_YET")
-    );
+    assert_eq!(status, StatusCode::OK, "{checked}");
+    assert_eq!(checked["status"], "pending_ownership");
+    let codes: Vec<&str> = checked["validation_errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["code"].as_str().expect("code"))
+        .collect();
+    assert!(codes.contains(&"DNS_TIMEOUT"), "{codes:?}");
+    assert!(codes.contains(&"OWNERSHIP_NOT_VERIFIED"), "{codes:?}");
 
     // Deletes: custom (there is none), then acme, which releases the hostname.
     let host = "/v1/apps/shop/certificates/www.shop-example.com";

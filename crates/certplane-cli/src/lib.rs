@@ -281,14 +281,14 @@ async fn certs(
             if json {
                 return print_json(out, &detail);
             }
-            show(&detail, out)?;
+            show(&detail, out, false)?;
         }
         CertsCommand::Show { hostname, app } => {
             let detail = client.certificate(&app.app, &hostname).await?;
             if json {
                 return print_json(out, &detail);
             }
-            show(&detail, out)?;
+            show(&detail, out, true)?;
         }
         CertsCommand::Setup { hostname, app } => {
             let detail = client.certificate(&app.app, &hostname).await?;
@@ -339,19 +339,38 @@ async fn certs(
     Ok(())
 }
 
-fn show(detail: &CertificateDetail, out: &mut dyn Write) -> Result<(), CliError> {
+fn show(detail: &CertificateDetail, out: &mut dyn Write, with_setup: bool) -> Result<(), CliError> {
+    let proofs = if detail.ownership_proofs.is_empty() {
+        String::new()
+    } else {
+        format!(" (by {})", detail.ownership_proofs.join(", "))
+    };
     let mut fields = vec![
         ("Hostname", detail.hostname.clone()),
         ("App", detail.app.clone()),
         ("Status", detail.status.as_str().to_owned()),
-        ("Configured", yes_no(detail.configured)),
-        ("ACME requested", yes_no(detail.acme_requested)),
         (
             "Ownership verified",
-            yes_no(detail.validation.ownership_verified),
+            format!("{}{proofs}", yes_no(detail.validation.ownership_verified)),
         ),
-        ("Added", detail.created_at.clone()),
+        ("Configured", yes_no(detail.configured)),
+        ("ACME requested", yes_no(detail.acme_requested)),
     ];
+    if detail.is_proxied {
+        let by = detail
+            .proxy_provider
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        fields.push(("Proxied", format!("yes{by}")));
+    }
+    fields.push((
+        "Last checked",
+        detail.checked_at.clone().unwrap_or_else(|| "never".into()),
+    ));
+    if let Some(next) = &detail.next_check_at {
+        fields.push(("Next check", next.clone()));
+    }
     if let Some(until) = &detail.rate_limited_until {
         fields.push(("Rate limited until", until.clone()));
     }
@@ -360,6 +379,57 @@ fn show(detail: &CertificateDetail, out: &mut dyn Write) -> Result<(), CliError>
         writeln!(out, "{k:<width$}  {v}")?;
     }
     writeln!(out, "\n{}\n", detail.status_detail)?;
+    if let Some(found) = &detail.dns_records {
+        writeln!(out, "DNS records found:")?;
+        let req = &detail.dns_requirements;
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let host = &detail.hostname;
+        rows.extend(
+            found
+                .cname_chain
+                .iter()
+                .map(|t| vec!["CNAME".into(), host.clone(), t.clone()]),
+        );
+        rows.extend(
+            found
+                .a
+                .iter()
+                .map(|a| vec!["A".into(), host.clone(), a.clone()]),
+        );
+        rows.extend(
+            found
+                .aaaa
+                .iter()
+                .map(|a| vec!["AAAA".into(), host.clone(), a.clone()]),
+        );
+        rows.extend(
+            found
+                .ownership_txt
+                .iter()
+                .map(|t| vec!["TXT".into(), req.ownership.name.clone(), format!("\"{t}\"")]),
+        );
+        rows.extend(
+            found
+                .acme_challenge_cname
+                .iter()
+                .map(|t| vec!["CNAME".into(), req.acme_challenge.name.clone(), t.clone()]),
+        );
+        let caa_at = found.caa_at.clone().unwrap_or_default();
+        rows.extend(
+            found
+                .caa
+                .iter()
+                .map(|c| vec!["CAA".into(), caa_at.clone(), c.clone()]),
+        );
+        if rows.is_empty() {
+            writeln!(out, "     (none)")?;
+        } else {
+            for line in table(&["TYPE", "NAME", "VALUE"], &rows).lines() {
+                writeln!(out, "     {line}")?;
+            }
+        }
+        writeln!(out)?;
+    }
     if detail.certificates.is_empty() {
         writeln!(out, "No certificate issued or imported yet.\n")?;
     } else {
@@ -381,10 +451,34 @@ fn show(detail: &CertificateDetail, out: &mut dyn Write) -> Result<(), CliError>
             table(&["SOURCE", "STATUS", "ISSUER", "EXPIRES"], &rows)
         )?;
     }
-    for e in &detail.validation_errors {
-        writeln!(out, "{}: {}\n  -> {}", e.code, e.message, e.remediation)?;
+    if !detail.validation_errors.is_empty() {
+        writeln!(out, "Problems:")?;
+        for e in &detail.validation_errors {
+            writeln!(out, "  {}: {}\n    -> {}", e.code, e.message, e.remediation)?;
+        }
+        writeln!(out)?;
     }
-    write!(out, "{}", dns_records(detail))?;
+    let next = match detail.validation_errors.last() {
+        Some(e) => e.remediation.clone(),
+        None if detail.validation.ownership_verified => {
+            "Nothing to do: ownership is verified.".into()
+        }
+        None => format!(
+            "Run `certplane certs check {} -a {}` once the records are set.",
+            detail.hostname, detail.app
+        ),
+    };
+    writeln!(out, "Next step: {next}")?;
+    if with_setup {
+        writeln!(out)?;
+        write!(out, "{}", dns_records(detail))?;
+    } else if !detail.validation.ownership_verified {
+        writeln!(
+            out,
+            "The records to set: `certplane certs setup {} -a {}`.",
+            detail.hostname, detail.app
+        )?;
+    }
     Ok(())
 }
 

@@ -50,6 +50,12 @@ pub struct DnsConfig {
     pub listen: SocketAddr,
     /// Resolvers for ownership and DNS checks; empty means the system's.
     pub nameservers: Vec<SocketAddr>,
+    /// Known proxy and CDN address ranges, `"provider=CIDR"`: a hostname resolving into them is
+    /// reported as proxied by that provider. Defaults to Cloudflare's published ranges.
+    pub proxy_ranges: Vec<String>,
+    /// Whether `serve` re-checks hostnames in the background (pending ones with back-off,
+    /// verified ones hourly).
+    pub background_checks: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -59,6 +65,8 @@ pub struct AcmeConfig {
     /// An extra root certificate (PEM) to trust for the ACME server; empty for none.
     pub ca_root_file: PathBuf,
     pub contact: Vec<String>,
+    /// The CA's CAA identifiers: a CAA `issue` record must name one of them.
+    pub caa_identities: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -108,6 +116,11 @@ impl Default for DnsConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 53)),
             nameservers: Vec::new(),
+            proxy_ranges: CLOUDFLARE_RANGES
+                .iter()
+                .map(|r| format!("cloudflare={r}"))
+                .collect(),
+            background_checks: true,
         }
     }
 }
@@ -118,6 +131,7 @@ impl Default for AcmeConfig {
             directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
             ca_root_file: PathBuf::new(),
             contact: Vec::new(),
+            caa_identities: vec!["letsencrypt.org".into()],
         }
     }
 }
@@ -134,6 +148,32 @@ impl Default for PlatformConfig {
     }
 }
 
+/// Cloudflare's published proxy ranges (cloudflare.com/ips), the default `dns.proxy_ranges`.
+const CLOUDFLARE_RANGES: &[&str] = &[
+    "173.245.48.0/20",
+    "103.21.244.0/22",
+    "103.22.200.0/22",
+    "103.31.4.0/22",
+    "141.101.64.0/18",
+    "108.162.192.0/18",
+    "190.93.240.0/20",
+    "188.114.96.0/20",
+    "197.234.240.0/22",
+    "198.41.128.0/17",
+    "162.158.0.0/15",
+    "104.16.0.0/13",
+    "104.24.0.0/14",
+    "172.64.0.0/13",
+    "131.0.72.0/22",
+    "2400:cb00::/32",
+    "2606:4700::/32",
+    "2803:f800::/32",
+    "2405:b500::/32",
+    "2405:8100::/32",
+    "2a06:98c0::/29",
+    "2c0f:f248::/32",
+];
+
 /// The keys an environment variable can override, and whether each is a list.
 /// `("api", "listen")` is `CERTPLANE_API_LISTEN`; a top-level key has section `""`.
 pub const ENV_KEYS: &[(&str, &str, bool)] = &[
@@ -144,9 +184,12 @@ pub const ENV_KEYS: &[(&str, &str, bool)] = &[
     ("edge", "http_listen", false),
     ("dns", "listen", false),
     ("dns", "nameservers", true),
+    ("dns", "proxy_ranges", true),
+    ("dns", "background_checks", false),
     ("acme", "directory_url", false),
     ("acme", "ca_root_file", false),
     ("acme", "contact", true),
+    ("acme", "caa_identities", true),
     ("platform", "name", false),
     ("platform", "apps_domain", false),
     ("platform", "challenge_zone", false),
@@ -196,6 +239,7 @@ impl Config {
                 message: e.to_string(),
             })?;
         config.platform_settings()?;
+        config.proxy_ranges()?;
         Ok(config)
     }
 
@@ -206,6 +250,31 @@ impl Config {
         } else {
             self.database_url.clone()
         }
+    }
+
+    /// `dns.proxy_ranges` parsed: provider name → ranges.
+    pub fn proxy_ranges(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<ipnet::IpNet>>, ConfigError> {
+        let mut ranges: std::collections::BTreeMap<String, Vec<ipnet::IpNet>> = Default::default();
+        for entry in &self.dns.proxy_ranges {
+            let parsed = entry
+                .split_once('=')
+                .and_then(|(name, net)| {
+                    Some((name.trim(), net.trim().parse::<ipnet::IpNet>().ok()?))
+                })
+                .filter(|(name, _)| !name.is_empty());
+            let Some((name, net)) = parsed else {
+                return Err(ConfigError::Invalid {
+                    key: "dns.proxy_ranges".into(),
+                    message: format!(
+                        "{entry:?} is not \"provider=CIDR\", e.g. \"cloudflare=104.16.0.0/13\""
+                    ),
+                });
+            };
+            ranges.entry(name.to_owned()).or_default().push(net);
+        }
+        Ok(ranges)
     }
 
     /// The `[platform]` section as validated domain values.
@@ -267,6 +336,9 @@ fn apply_env(
                     .map(|s| toml::Value::String(s.to_owned()))
                     .collect(),
             )
+        } else if let Ok(flag) = raw.parse::<bool>() {
+            // Only boolean keys take "true"/"false"; a string key given one fails its type check.
+            toml::Value::Boolean(flag)
         } else {
             toml::Value::String(raw)
         };

@@ -49,6 +49,12 @@ impl Ipv6Prefix {
         Some(Ipv6Addr::from(u128::from(self.network) | index))
     }
 
+    /// Whether `addr` lies inside this prefix.
+    pub fn contains(&self, addr: Ipv6Addr) -> bool {
+        let host_mask = u128::MAX.checked_shr(u32::from(self.len)).unwrap_or(0);
+        u128::from(addr) & !host_mask == u128::from(self.network)
+    }
+
     /// How many addresses [`address`](Self::address) can hand out.
     pub fn capacity(&self) -> u128 {
         (1u128 << (128 - u32::from(self.len))) - 1
@@ -110,6 +116,8 @@ mod tests {
         );
         assert_eq!(p.address(1 << 80), None);
         assert_eq!(p.to_string(), "fdaa::/48");
+        assert!(p.contains("fdaa::1:0".parse().expect("valid")));
+        assert!(!p.contains("fdab::1".parse().expect("valid")));
 
         let small: Ipv6Prefix = "fdaa::/112".parse().expect("valid");
         assert_eq!(small.capacity(), 65_535);

@@ -2,8 +2,9 @@
 //!
 //! [`serve`] opens (and migrates) the store named by the configuration, makes sure an admin
 //! token exists (`<data_dir>/admin-token`, mode 0600, created on first start), and serves the
-//! API until the shutdown future completes, letting requests in flight finish. The edge, the
-//! challenge DNS server and the background workers join here as later parts of certplane land.
+//! API and the background ownership checks until the shutdown future completes, letting
+//! requests in flight finish. The edge, the challenge DNS server and ACME join here as later
+//! parts of certplane land.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use certplane_config::{Config, ConfigError};
 use certplane_domain::ApiToken;
+use certplane_ownership::{Checker, ResolverSetupError, Verifier};
 use certplane_store::{SqlStore, Store, StoreError};
 use tokio::net::TcpListener;
 
@@ -45,13 +47,35 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr().map_err(ServerError::Io)?;
-    let router = certplane_api::router(store, Arc::new(platform));
-    tracing::info!("API listening on http://{addr}");
+    let platform = Arc::new(platform);
+    let checker = Checker::new(
+        &config.dns.nameservers,
+        config.proxy_ranges()?,
+        config.acme.caa_identities.clone(),
+    )
+    .map_err(ServerError::Resolver)?;
+    let verifier = Arc::new(Verifier::new(store.clone(), checker, platform.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = config.dns.background_checks.then(|| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(verifier.clone().run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
+    let router = certplane_api::router(store, platform, verifier);
+    tracing::info!(
+        background_checks = config.dns.background_checks,
+        "API listening on http://{addr}"
+    );
     ready(addr);
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::Io)?;
+        .await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = background {
+        let _ = task.await;
+    }
+    served.map_err(ServerError::Io)?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -143,6 +167,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up DNS lookups: {0}")]
+    Resolver(ResolverSetupError),
     #[error("I/O error: {0}")]
     Io(std::io::Error),
 }

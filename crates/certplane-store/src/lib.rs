@@ -20,7 +20,9 @@ use certplane_domain::{
     TokenHash,
 };
 
-pub use records::{App, AppId, HostnameRecord, Org, OrgId, Page, Principal, TokenKind};
+pub use records::{
+    App, AppId, CheckUpdate, HostnameRecord, Org, OrgId, Page, Principal, TokenKind,
+};
 pub use sql::{Backend as SqlBackend, SqlStore};
 
 /// Everything the control plane keeps. Implementations must make each method atomic.
@@ -98,6 +100,25 @@ pub trait Store: Send + Sync + 'static {
         hostname: &Hostname,
         scope: DeleteScope,
     ) -> Result<DeleteOutcome, StoreError>;
+
+    /// Stores a check's result. The status follows ownership: a verified hostname waiting for
+    /// ownership moves on to `pending_validation`; one that is no longer verified goes back to
+    /// `pending_ownership`. `None` when the hostname is gone.
+    async fn record_check(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        update: &CheckUpdate,
+    ) -> Result<Option<HostnameRecord>, StoreError>;
+
+    /// Hostnames whose next check is due at `now`, soonest first.
+    async fn due_checks(&self, now: i64, limit: u32) -> Result<Vec<(AppId, Hostname)>, StoreError>;
+
+    /// An app by id, whatever its org (for the background workers, never for API callers).
+    async fn app_by_id(&self, app: AppId) -> Result<Option<App>, StoreError>;
+
+    /// An org by id (for the background workers, never for API callers).
+    async fn org_by_id(&self, org: OrgId) -> Result<Option<Org>, StoreError>;
 
     /// Whether this token is in the ledger of issued ownership tokens.
     async fn token_issued(&self, token: &OwnershipToken) -> Result<bool, StoreError>;

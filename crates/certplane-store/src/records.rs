@@ -74,6 +74,29 @@ pub struct HostnameRecord {
     pub status: CertificateStatus,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What the last ownership check concluded.
+    pub ownership_verified: bool,
+    /// Whether the last check found the traffic records pointing at the platform.
+    pub configured: bool,
+    /// The last check's report as JSON (the ownership crate's `CheckReport`); `None` before
+    /// the first check.
+    pub check_report: Option<String>,
+    pub checked_at: Option<i64>,
+    /// When the background verifier checks the hostname next (unix seconds; 0 = now).
+    pub next_check_at: i64,
+    /// Consecutive checks that did not verify ownership.
+    pub check_failures: i64,
+}
+
+/// The result of one ownership check, to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckUpdate {
+    pub verified: bool,
+    pub configured: bool,
+    pub report: String,
+    pub checked_at: i64,
+    pub next_check_at: i64,
+    pub failures: i64,
 }
 
 /// One page of an app's hostnames.

@@ -21,8 +21,8 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::{
-    App, AppId, DeleteOutcome, HostnameRecord, Org, OrgId, Page, Principal, Store, StoreError,
-    TokenKind,
+    App, AppId, CheckUpdate, DeleteOutcome, HostnameRecord, Org, OrgId, Page, Principal, Store,
+    StoreError, TokenKind,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -197,7 +197,8 @@ async fn allocate_ipv6(
 
 const ORG_COLUMNS: &str = "o.id, o.slug, o.name, o.token, o.is_admin, o.created_at";
 const APP_COLUMNS: &str = "id, org_id, name, token, ipv6, backends, created_at";
-const HOSTNAME_COLUMNS: &str = "app_id, hostname, acme_requested, status, created_at, updated_at";
+const HOSTNAME_COLUMNS: &str = "app_id, hostname, acme_requested, status, created_at, updated_at, \
+     ownership_verified, configured, check_report, checked_at, next_check_at, check_failures";
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
@@ -245,6 +246,12 @@ fn hostname_from_row(row: &AnyRow) -> Result<HostnameRecord, StoreError> {
         status: CertificateStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        ownership_verified: row.try_get::<i64, _>("ownership_verified")? != 0,
+        configured: row.try_get::<i64, _>("configured")? != 0,
+        check_report: row.try_get("check_report")?,
+        checked_at: row.try_get("checked_at")?,
+        next_check_at: row.try_get("next_check_at")?,
+        check_failures: row.try_get("check_failures")?,
     })
 }
 
@@ -538,6 +545,12 @@ impl Store for SqlStore {
                 status,
                 created_at: at,
                 updated_at: at,
+                ownership_verified: false,
+                configured: false,
+                check_report: None,
+                checked_at: None,
+                next_check_at: 0,
+                check_failures: 0,
             },
             true,
         ))
@@ -606,6 +619,87 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(DeleteOutcome::Removed)
+    }
+
+    async fn record_check(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        update: &CheckUpdate,
+    ) -> Result<Option<HostnameRecord>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let Some(current) = hostname_row(&mut tx, app, hostname).await? else {
+            return Ok(None);
+        };
+        let status = match (update.verified, current.status) {
+            (true, CertificateStatus::PendingOwnership) => CertificateStatus::PendingValidation,
+            (true, other) => other,
+            (false, _) => CertificateStatus::PendingOwnership,
+        };
+        let changed = status != current.status || update.verified != current.ownership_verified;
+        let updated_at = if changed {
+            update.checked_at
+        } else {
+            current.updated_at
+        };
+        sqlx::query(
+            "UPDATE hostnames SET ownership_verified = $1, configured = $2, check_report = $3, \
+             checked_at = $4, next_check_at = $5, check_failures = $6, status = $7, updated_at = $8 \
+             WHERE app_id = $9 AND hostname = $10",
+        )
+        .bind(i64::from(update.verified))
+        .bind(i64::from(update.configured))
+        .bind(&update.report)
+        .bind(update.checked_at)
+        .bind(update.next_check_at)
+        .bind(update.failures)
+        .bind(status.as_str())
+        .bind(updated_at)
+        .bind(app.0)
+        .bind(hostname.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let record = hostname_row(&mut tx, app, hostname).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn due_checks(&self, now: i64, limit: u32) -> Result<Vec<(AppId, Hostname)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT app_id, hostname FROM hostnames WHERE next_check_at <= $1 \
+             ORDER BY next_check_at, hostname LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("hostname")?;
+                let hostname = Hostname::parse(&name).map_err(|_| corrupt("hostname", &name))?;
+                Ok((AppId(row.try_get("app_id")?), hostname))
+            })
+            .collect()
+    }
+
+    async fn app_by_id(&self, app: AppId) -> Result<Option<App>, StoreError> {
+        sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1"))
+            .bind(app.0)
+            .fetch_optional(&self.reader)
+            .await?
+            .as_ref()
+            .map(app_from_row)
+            .transpose()
+    }
+
+    async fn org_by_id(&self, org: OrgId) -> Result<Option<Org>, StoreError> {
+        sqlx::query(&format!("SELECT {ORG_COLUMNS} FROM orgs o WHERE o.id = $1"))
+            .bind(org.0)
+            .fetch_optional(&self.reader)
+            .await?
+            .as_ref()
+            .map(org_from_row)
+            .transpose()
     }
 
     async fn token_issued(&self, token: &OwnershipToken) -> Result<bool, StoreError> {

@@ -7,7 +7,7 @@ use certplane_domain::{
     ApiToken, AppName, Backend, CertificateStatus, DeleteScope, Hostname, Ipv6Prefix, OrgName,
     OrgSlug,
 };
-use certplane_store::{DeleteOutcome, Org, Store, StoreError, TokenKind};
+use certplane_store::{CheckUpdate, DeleteOutcome, Org, Store, StoreError, TokenKind};
 use certplane_test_support::TestDb;
 
 macro_rules! suite {
@@ -44,6 +44,7 @@ suite!(
     delete_scopes,
     deleting_an_app_releases_its_hostnames,
     data_survives_reopening,
+    checks_move_status_and_schedule,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -481,4 +482,73 @@ async fn data_survives_reopening(db: &TestDb) {
         .expect("app");
     assert_ne!(next.ipv6, app.ipv6);
     reopened.close().await;
+}
+
+async fn checks_move_status_and_schedule(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Checks").await;
+    let app = store
+        .create_app(o.id, &app_name("checked"), &[], &prefix())
+        .await
+        .expect("app");
+    let h = host("www.checked.example");
+    let (added, _) = store.request_acme(app.id, &h).await.expect("add");
+    assert_eq!(added.next_check_at, 0, "a new hostname is checked at once");
+    assert_eq!(
+        store.due_checks(100, 10).await.expect("due"),
+        vec![(app.id, h.clone())]
+    );
+
+    let verified = CheckUpdate {
+        verified: true,
+        configured: true,
+        report: "{\"v\":1}".into(),
+        checked_at: 1_000,
+        next_check_at: 4_600,
+        failures: 0,
+    };
+    let rec = store
+        .record_check(app.id, &h, &verified)
+        .await
+        .expect("record")
+        .expect("exists");
+    assert_eq!(rec.status, CertificateStatus::PendingValidation);
+    assert!(rec.ownership_verified && rec.configured);
+    assert_eq!(rec.check_report.as_deref(), Some("{\"v\":1}"));
+    assert_eq!((rec.checked_at, rec.next_check_at), (Some(1_000), 4_600));
+    assert!(store.due_checks(4_599, 10).await.expect("due").is_empty());
+    assert_eq!(store.due_checks(4_600, 10).await.expect("due").len(), 1);
+
+    // Ownership lost: back to pending_ownership, failures counted.
+    let lost = CheckUpdate {
+        verified: false,
+        configured: false,
+        failures: 1,
+        checked_at: 5_000,
+        next_check_at: 5_005,
+        ..verified
+    };
+    let rec = store
+        .record_check(app.id, &h, &lost)
+        .await
+        .expect("record")
+        .expect("exists");
+    assert_eq!(rec.status, CertificateStatus::PendingOwnership);
+    assert!(!rec.ownership_verified);
+    assert_eq!(rec.check_failures, 1);
+    assert_eq!(rec.updated_at, 5_000);
+
+    let other = host("gone.checked.example");
+    assert_eq!(
+        store
+            .record_check(app.id, &other, &lost)
+            .await
+            .expect("record"),
+        None
+    );
+    assert_eq!(
+        store.app_by_id(app.id).await.expect("app"),
+        Some(app.clone())
+    );
+    assert_eq!(store.org_by_id(o.id).await.expect("org"), Some(o));
 }

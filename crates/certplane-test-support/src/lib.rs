@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dns;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

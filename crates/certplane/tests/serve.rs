@@ -23,6 +23,9 @@ impl Serve {
             .current_dir(dir)
             .env("CERTPLANE_API_LISTEN", addr.to_string())
             .env("RUST_LOG", "warn")
+            // Background checks ask a loopback port where nothing answers: tests send no DNS
+            // queries off this machine.
+            .env("CERTPLANE_DNS_NAMESERVERS", "127.0.0.1:9")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in extra_env {

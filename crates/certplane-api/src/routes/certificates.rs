@@ -202,7 +202,8 @@ pub async fn get_certificate(
     Ok(axum::Json(detail(&state, &principal, &app, &record)))
 }
 
-/// Runs the DNS checks for a hostname now. Not supported yet.
+/// Runs the ownership and DNS checks for a hostname now and stores the result: the detail with
+/// `dns_records` (what was found), `validation` and `validation_errors`.
 #[utoipa::path(post, path = "/v1/apps/{app}/certificates/{hostname}/check", tag = "certificates",
     params(
         ("app" = String, Path, description = "App name"),
@@ -210,16 +211,21 @@ pub async fn get_certificate(
     ),
     security(("bearer" = [])),
     responses(
+        (status = 200, body = CertificateDetail),
         (status = 404, description = "APP_NOT_FOUND, CERTIFICATE_NOT_FOUND", body = ErrorBody),
-        (status = 501, description = "NOT_SUPPORTED_YET", body = ErrorBody),
     ))]
 pub async fn check_certificate(
     State(state): State<ApiState>,
     Auth(principal): Auth,
     Path((app, hostname)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    load(&state, &principal, &app, &hostname).await?;
-    Err(ApiError::not_supported_yet("checking DNS records"))
+) -> Result<axum::Json<CertificateDetail>, ApiError> {
+    let (app, record) = load(&state, &principal, &app, &hostname).await?;
+    let (record, _) = state
+        .verifier
+        .check_now(&principal.org, &app, &record)
+        .await?
+        .ok_or_else(|| ApiError::certificate_not_found(app.name.as_str(), &hostname))?;
+    Ok(axum::Json(detail(&state, &principal, &app, &record)))
 }
 
 /// Removes the hostname and every certificate on it.

@@ -1,0 +1,146 @@
+//! The API under test: a real router on a real store, served over loopback HTTP.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use certplane_domain::{ApiToken, Hostname, PlatformSettings};
+use certplane_ownership::{Checker, ProxyRanges, Verifier};
+use certplane_store::Store;
+use certplane_test_support::TestDb;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub struct TestApi {
+    pub verifier: Arc<Verifier>,
+    pub base: String,
+    pub admin: String,
+    pub client: reqwest::Client,
+    _db: TestDb,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+pub fn platform() -> PlatformSettings {
+    PlatformSettings {
+        name: "certplane".into(),
+        apps_domain: Hostname::parse("apps.plat.test").expect("valid"),
+        challenge_zone: Hostname::parse("acme.plat.test").expect("valid"),
+        ipv6_prefix: "fdaa::/48".parse().expect("valid"),
+        shared_ipv4: vec!["203.0.113.10".parse().expect("valid")],
+    }
+}
+
+impl TestApi {
+    /// The API over `db`, its checks asking `nameservers` (a loopback port where nothing
+    /// answers when the test does no DNS).
+    pub async fn start_with_dns(db: TestDb, nameservers: &[SocketAddr]) -> Self {
+        let store: Arc<dyn Store> = db.store();
+        let admin = ApiToken::generate();
+        store.bootstrap_admin(&admin.hash()).await.expect("admin");
+        let mut proxies = ProxyRanges::new();
+        proxies.insert(
+            "testcdn".into(),
+            vec!["198.51.100.0/24".parse().expect("net")],
+        );
+        let checker =
+            Checker::new(nameservers, proxies, vec!["letsencrypt.org".into()]).expect("checker");
+        let platform = Arc::new(platform());
+        let verifier = Arc::new(Verifier::new(store.clone(), checker, platform.clone()));
+        let router = certplane_api::router(store, platform, verifier.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("serve");
+        });
+        Self {
+            verifier,
+            base: format!("http://{addr}"),
+            admin: admin.expose().to_owned(),
+            client: reqwest::Client::new(),
+            _db: db,
+            server,
+        }
+    }
+
+    pub async fn start(db: TestDb) -> Self {
+        Self::start_with_dns(db, &[SocketAddr::from(([127, 0, 0, 1], 9))]).await
+    }
+
+    pub async fn sqlite() -> Self {
+        Self::start(TestDb::sqlite().await).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        };
+        (status, value)
+    }
+
+    pub async fn org(&self, name: &str) -> String {
+        let (status, body) = self
+            .send(
+                Method::POST,
+                "/v1/orgs",
+                Some(&self.admin),
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn app(&self, token: &str, name: &str) -> Value {
+        let (status, body) = self
+            .send(
+                Method::POST,
+                "/v1/apps",
+                Some(token),
+                Some(json!({"app_name": name, "backends": ["127.0.0.1:9000"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn add(&self, token: &str, app: &str, hostname: &str) -> (StatusCode, Value) {
+        self.send(
+            Method::POST,
+            &format!("/v1/apps/{app}/certificates/acme"),
+            Some(token),
+            Some(json!({"hostname": hostname})),
+        )
+        .await
+    }
+}
+
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}

@@ -1,0 +1,205 @@
+//! [`Verifier`]: checks a stored hostname and records the result; and the background loop that
+//! re-checks pending hostnames with back-off and verified ones periodically.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use certplane_domain::{PlatformSettings, app_ownership_value, cname_target, org_ownership_value};
+use certplane_store::{App, CheckUpdate, HostnameRecord, Org, Store, StoreError};
+use rand::Rng;
+
+use crate::check::{CheckReport, Checker};
+use crate::rules::{Expected, Finding};
+
+/// First re-check of a name not yet verified, doubled after each further failure...
+const PENDING_FIRST: i64 = 5;
+/// ...up to this.
+const PENDING_MAX: i64 = 600;
+/// A verified name is re-checked this often (plus up to 10% jitter, so checks spread out).
+const VERIFIED_EVERY: i64 = 3600;
+/// Checks the background loop runs at once.
+const CONCURRENCY: usize = 8;
+
+/// Checks hostnames and stores the outcome.
+pub struct Verifier {
+    store: Arc<dyn Store>,
+    checker: Checker,
+    platform: Arc<PlatformSettings>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("checker", &self.checker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(store: Arc<dyn Store>, checker: Checker, platform: Arc<PlatformSettings>) -> Self {
+        Self {
+            store,
+            checker,
+            platform,
+        }
+    }
+
+    /// What identifies `app` in DNS, for `record`'s hostname.
+    pub fn expected(&self, org: &Org, app: &App, record: &HostnameRecord) -> Expected {
+        let p = &self.platform;
+        let base = record.hostname.base();
+        Expected {
+            hostname: record.hostname.clone(),
+            app_ipv6: app.ipv6,
+            cname_target: cname_target(p, &app.name, &app.token),
+            challenge_target: format!("{base}.{}.{}", app.token, p.challenge_zone),
+            app_value: app_ownership_value(&app.token),
+            org_value: org_ownership_value(&org.token),
+            platform_ipv4: p.shared_ipv4.clone(),
+            platform_ipv6: p.ipv6_prefix,
+            ownership_record: p.ownership_record_name(base),
+        }
+    }
+
+    /// Checks `record` now, stores the result and returns the updated record with the report.
+    pub async fn check_now(
+        &self,
+        org: &Org,
+        app: &App,
+        record: &HostnameRecord,
+    ) -> Result<Option<(HostnameRecord, CheckReport)>, StoreError> {
+        let now = unix_now();
+        let mut report = self
+            .checker
+            .check(&self.expected(org, app, record), now)
+            .await;
+        if record.ownership_verified && !report.ownership_verified {
+            tracing::warn!(hostname = %record.hostname, app = %app.name, "ownership lost");
+            report.findings.insert(
+                0,
+                Finding::new(
+                    "OWNERSHIP_LOST",
+                    format!(
+                        "{} was verified until this check, which found no record proving it still belongs to the app; issuance and renewal stop until it does",
+                        record.hostname
+                    ),
+                    "Restore the AAAA, CNAME or ownership TXT record that proved ownership (see `certplane certs setup`).",
+                ),
+            );
+        }
+        let failures = if report.ownership_verified {
+            0
+        } else {
+            record.check_failures + 1
+        };
+        let update = CheckUpdate {
+            verified: report.ownership_verified,
+            configured: report.configured,
+            report: serde_json::to_string(&report).unwrap_or_default(),
+            checked_at: now,
+            next_check_at: now + next_delay(report.ownership_verified, failures),
+            failures,
+        };
+        let stored = self
+            .store
+            .record_check(app.id, &record.hostname, &update)
+            .await?;
+        Ok(stored.map(|r| (r, report)))
+    }
+
+    /// Re-checks due hostnames until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let worked = match self.run_due().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "background checks failed");
+                    0
+                }
+            };
+            let pause = if worked > 0 {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Checks the hostnames due now, [`CONCURRENCY`] at a time; returns how many.
+    pub async fn run_due(&self) -> Result<usize, StoreError> {
+        let due = self.store.due_checks(unix_now(), 64).await?;
+        let count = due.len();
+        let mut pending = due.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < CONCURRENCY {
+                let Some((app_id, hostname)) = pending.next() else {
+                    break;
+                };
+                let store = self.store.clone();
+                let this = self.clone_parts();
+                running.spawn(async move {
+                    let Some(app) = store.app_by_id(app_id).await? else {
+                        return Ok(());
+                    };
+                    let Some(org) = store.org_by_id(app.org_id).await? else {
+                        return Ok(());
+                    };
+                    let Some(record) = store.hostname(app_id, &hostname).await? else {
+                        return Ok(());
+                    };
+                    this.check_now(&org, &app, &record).await.map(drop)
+                });
+            }
+            match running.join_next().await {
+                Some(Ok(Err(e))) => tracing::error!(error = %e, "a background check failed"),
+                Some(Err(e)) => tracing::error!(error = %e, "a background check panicked"),
+                Some(Ok(Ok(()))) => {}
+                None => break,
+            }
+        }
+        Ok(count)
+    }
+
+    fn clone_parts(&self) -> Verifier {
+        Verifier {
+            store: self.store.clone(),
+            checker: self.checker.clone(),
+            platform: self.platform.clone(),
+        }
+    }
+}
+
+/// Seconds until the next check: back-off while pending, a jittered period once verified.
+fn next_delay(verified: bool, failures: i64) -> i64 {
+    if verified {
+        VERIFIED_EVERY + rand::rng().random_range(0..=VERIFIED_EVERY / 10)
+    } else {
+        let exp = u32::try_from(failures.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+        (PENDING_FIRST.saturating_mul(1i64 << exp)).min(PENDING_MAX)
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_then_caps() {
+        let delays: Vec<i64> = (1..=10).map(|f| next_delay(false, f)).collect();
+        assert_eq!(delays, vec![5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
+        let v = next_delay(true, 0);
+        assert!((VERIFIED_EVERY..=VERIFIED_EVERY + VERIFIED_EVERY / 10).contains(&v));
+    }
+}
