@@ -52,6 +52,9 @@ pub struct CreateAppRequest {
     #[serde(default)]
     #[schema(example = json!(["10.0.0.5:8080"]))]
     pub backends: Vec<String>,
+    /// Give the app an IPv4 address of its own from the operator's pool.
+    #[serde(default)]
+    pub dedicated_ipv4: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -68,8 +71,11 @@ pub struct AppResponse {
     pub org: String,
     /// The app's dedicated IPv6 address: never handed to another app, even after deletion.
     pub ipv6: String,
-    /// The platform's shared IPv4 addresses.
+    /// The IPv4 addresses to point A records at: the app's dedicated one when it has one,
+    /// otherwise the platform's shared ones.
     pub ipv4: Vec<String>,
+    /// The app's dedicated IPv4 address, if it has one. Recycled after the app is deleted.
+    pub dedicated_ipv4: Option<String>,
     /// `<token>.<app>.<apps_domain>`
     pub cname_target: String,
     /// `app-<token>`, for the ownership TXT record.

@@ -111,6 +111,12 @@ impl From<StoreError> for ApiError {
                     "The operator must configure a larger or new platform.ipv6_prefix.",
                 )
             }
+            StoreError::Ipv4Exhausted | StoreError::Ipv4Taken => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NO_ALLOCATED_IPS",
+                "every dedicated IPv4 address of the platform is in use",
+                "Create the app without a dedicated IPv4 (it still gets a dedicated IPv6 and the shared IPv4), or ask the operator to extend platform.dedicated_ipv4_pool.",
+            ),
             other => {
                 tracing::error!(error = %other, "store call failed");
                 Self::internal()

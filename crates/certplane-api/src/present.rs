@@ -26,11 +26,15 @@ pub fn app(platform: &PlatformSettings, org: &Org, app: &App) -> AppResponse {
         name: app.name.to_string(),
         org: org.slug.to_string(),
         ipv6: app.ipv6.to_string(),
-        ipv4: platform
-            .shared_ipv4
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        ipv4: match app.dedicated_ipv4 {
+            Some(ip) => vec![ip.to_string()],
+            None => platform
+                .shared_ipv4
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        },
+        dedicated_ipv4: app.dedicated_ipv4.map(|ip| ip.to_string()),
         cname_target: cname_target(platform, &app.name, &app.token),
         ownership_value: app_ownership_value(&app.token),
         org_ownership_value: org_ownership_value(&org.token),
@@ -126,6 +130,7 @@ pub fn detail(
             &record.hostname,
             &app.name,
             &app.token,
+            app.dedicated_ipv4,
             app.ipv6,
             &org.token,
         ),

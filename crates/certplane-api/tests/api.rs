@@ -340,6 +340,33 @@ async fn apps_and_certificate_detail() {
         (status, code(&body)),
         (StatusCode::UNPROCESSABLE_ENTITY, "BACKEND_INVALID")
     );
+    for (name, expected) in [("own-v4-1", "192.0.2.50"), ("own-v4-2", "192.0.2.51")] {
+        let (status, body) = api
+            .send(
+                Method::POST,
+                "/v1/apps",
+                Some(&org),
+                Some(json!({"app_name": name, "dedicated_ipv4": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(
+            (body["ipv4"].clone(), body["dedicated_ipv4"].clone()),
+            (json!([expected]), json!(expected))
+        );
+    }
+    let (status, body) = api
+        .send(
+            Method::POST,
+            "/v1/apps",
+            Some(&org),
+            Some(json!({"app_name": "own-v4-3", "dedicated_ipv4": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "NO_ALLOCATED_IPS")
+    );
     let (status, body) = api
         .send(
             Method::POST,

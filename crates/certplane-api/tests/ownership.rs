@@ -100,6 +100,61 @@ async fn a_record_to_the_shared_ipv4_does_not_prove() {
 }
 
 #[tokio::test]
+async fn a_record_to_a_recycled_dedicated_ipv4_does_not_prove() {
+    let w = world().await;
+    // The victim's app had a dedicated IPv4 and an A record to it; the app is deleted, the
+    // record stays (as customers' records do).
+    let (_, victim) = w
+        .api
+        .send(
+            Method::POST,
+            "/v1/apps",
+            Some(&w.org),
+            Some(json!({"app_name": "victim", "dedicated_ipv4": true})),
+        )
+        .await;
+    let ip = victim["dedicated_ipv4"]
+        .as_str()
+        .expect("dedicated ipv4")
+        .to_owned();
+    assert_eq!(victim["ipv4"], json!([ip]));
+    w.dns.add_a("www.recycled-v4.example", &[&ip]).await;
+    w.api
+        .send(Method::DELETE, "/v1/apps/victim", Some(&w.org), None)
+        .await;
+
+    // An attacker's new app is handed the same address and claims the name.
+    let attacker = w.api.org("Attacker").await;
+    let (status, grab) = w
+        .api
+        .send(
+            Method::POST,
+            "/v1/apps",
+            Some(&attacker),
+            Some(json!({"app_name": "grab", "dedicated_ipv4": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{grab}");
+    assert_eq!(
+        grab["dedicated_ipv4"],
+        json!(ip),
+        "IPv4 addresses are recycled"
+    );
+    let (status, added) = w
+        .api
+        .add(&attacker, "grab", "www.recycled-v4.example")
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(added["dns_requirements"]["a"], json!([ip]));
+    let d = w.check(&attacker, "grab", "www.recycled-v4.example").await;
+    assert_not_verified(&d);
+    assert_eq!(
+        d["configured"], true,
+        "the traffic does reach the attacker's app"
+    );
+}
+
+#[tokio::test]
 async fn cname_to_the_bare_app_name_does_not_prove() {
     let w = world().await;
     w.app_with(&w.org, "shop", "www.bare-cname.example").await;

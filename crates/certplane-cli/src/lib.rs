@@ -113,6 +113,9 @@ pub enum AppsCommand {
         /// A backend address `host:port`; repeat for several.
         #[arg(long = "backend")]
         backends: Vec<String>,
+        /// Also give the app an IPv4 address of its own (from the operator's pool).
+        #[arg(long)]
+        dedicated_ipv4: bool,
     },
     /// List your apps.
     List,
@@ -489,8 +492,12 @@ async fn apps(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     match command {
-        AppsCommand::Create { name, backends } => {
-            let app = client.create_app(&name, &backends).await?;
+        AppsCommand::Create {
+            name,
+            backends,
+            dedicated_ipv4,
+        } => {
+            let app = client.create_app(&name, &backends, dedicated_ipv4).await?;
             if json {
                 return print_json(out, &app);
             }
@@ -554,7 +561,14 @@ fn app_fields(app: &certplane_api_types::AppResponse, out: &mut dyn Write) -> Re
         ("Name", app.name.clone()),
         ("Org", app.org.clone()),
         ("IPv6 (dedicated)", app.ipv6.clone()),
-        ("IPv4 (shared)", app.ipv4.join(", ")),
+        (
+            if app.dedicated_ipv4.is_some() {
+                "IPv4 (dedicated)"
+            } else {
+                "IPv4 (shared)"
+            },
+            app.ipv4.join(", "),
+        ),
         ("CNAME target", app.cname_target.clone()),
         ("Ownership value", app.ownership_value.clone()),
         ("Org ownership value", app.org_ownership_value.clone()),

@@ -120,10 +120,12 @@ impl Client {
         &self,
         name: &str,
         backends: &[String],
+        dedicated_ipv4: bool,
     ) -> Result<AppResponse, ClientError> {
         let body = CreateAppRequest {
             app_name: name.into(),
             backends: backends.to_vec(),
+            dedicated_ipv4,
         };
         self.expect(Method::POST, "/v1/apps", Some(&body)).await
     }

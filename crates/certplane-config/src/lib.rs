@@ -78,6 +78,9 @@ pub struct PlatformConfig {
     pub challenge_zone: String,
     pub ipv6_prefix: String,
     pub shared_ipv4: Vec<Ipv4Addr>,
+    /// Addresses apps may get for themselves (`apps create --dedicated-ipv4`); recycled after
+    /// the app is deleted.
+    pub dedicated_ipv4_pool: Vec<Ipv4Addr>,
 }
 
 impl Default for Config {
@@ -144,6 +147,7 @@ impl Default for PlatformConfig {
             challenge_zone: "acme.example.net".into(),
             ipv6_prefix: "fdaa::/48".into(),
             shared_ipv4: vec![Ipv4Addr::new(203, 0, 113, 10)],
+            dedicated_ipv4_pool: Vec::new(),
         }
     }
 }
@@ -195,6 +199,7 @@ pub const ENV_KEYS: &[(&str, &str, bool)] = &[
     ("platform", "challenge_zone", false),
     ("platform", "ipv6_prefix", false),
     ("platform", "shared_ipv4", true),
+    ("platform", "dedicated_ipv4_pool", true),
 ];
 
 /// The environment variable that overrides `section.key`.
@@ -317,6 +322,7 @@ impl Config {
             challenge_zone: zone("challenge_zone", &p.challenge_zone)?,
             ipv6_prefix,
             shared_ipv4: p.shared_ipv4.clone(),
+            dedicated_ipv4_pool: p.dedicated_ipv4_pool.clone(),
         })
     }
 }

@@ -19,6 +19,9 @@ pub struct PlatformSettings {
     pub ipv6_prefix: Ipv6Prefix,
     /// The shared IPv4 addresses every app answers on.
     pub shared_ipv4: Vec<Ipv4Addr>,
+    /// Addresses an app may get for itself on request. Unlike IPv6 addresses they ARE handed
+    /// out again after their app is deleted, which is why an A record never proves ownership.
+    pub dedicated_ipv4_pool: Vec<Ipv4Addr>,
 }
 
 impl PlatformSettings {

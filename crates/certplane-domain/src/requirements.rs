@@ -42,17 +42,20 @@ pub struct OwnershipRecord {
 }
 
 impl DnsRequirements {
+    /// `app_ipv4` is the app's dedicated IPv4 address, when it has one: its A record points
+    /// there instead of at the shared addresses.
     pub fn new(
         platform: &PlatformSettings,
         hostname: &Hostname,
         app: &AppName,
         app_token: &OwnershipToken,
+        app_ipv4: Option<Ipv4Addr>,
         app_ipv6: Ipv6Addr,
         org_token: &OwnershipToken,
     ) -> Self {
         let base = hostname.base();
         Self {
-            a: platform.shared_ipv4.clone(),
+            a: app_ipv4.map_or_else(|| platform.shared_ipv4.clone(), |ip| vec![ip]),
             aaaa: vec![app_ipv6],
             cname: (!hostname.is_apex()).then(|| cname_target(platform, app, app_token)),
             acme_challenge: AcmeChallengeRecord {
@@ -94,6 +97,7 @@ mod tests {
             challenge_zone: Hostname::parse("acme.example.net").expect("valid"),
             ipv6_prefix: "fdaa::/48".parse().expect("valid"),
             shared_ipv4: vec![Ipv4Addr::new(203, 0, 113, 10)],
+            dedicated_ipv4_pool: vec![],
         }
     }
 
@@ -103,6 +107,7 @@ mod tests {
             &Hostname::parse(host).expect("valid"),
             &AppName::parse("web").expect("valid"),
             &OwnershipToken::from_stored("x7k2q9ab".into()),
+            None,
             "fdaa::7".parse().expect("valid"),
             &OwnershipToken::from_stored("orgtok22".into()),
         )
@@ -122,6 +127,20 @@ mod tests {
         assert_eq!(r.ownership.name, "_certplane-ownership.www.example.com");
         assert_eq!(r.ownership.app_value, "app-x7k2q9ab");
         assert_eq!(r.ownership.org_value, "org-orgtok22");
+    }
+
+    #[test]
+    fn a_dedicated_ipv4_replaces_the_shared_ones() {
+        let r = DnsRequirements::new(
+            &platform(),
+            &Hostname::parse("www.example.com").expect("valid"),
+            &AppName::parse("web").expect("valid"),
+            &OwnershipToken::from_stored("x7k2q9ab".into()),
+            Some(Ipv4Addr::new(192, 0, 2, 50)),
+            "fdaa::7".parse().expect("valid"),
+            &OwnershipToken::from_stored("orgtok22".into()),
+        );
+        assert_eq!(r.a, vec![Ipv4Addr::new(192, 0, 2, 50)]);
     }
 
     #[test]

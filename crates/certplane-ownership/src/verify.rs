@@ -55,7 +55,12 @@ impl Verifier {
             challenge_target: format!("{base}.{}.{}", app.token, p.challenge_zone),
             app_value: app_ownership_value(&app.token),
             org_value: org_ownership_value(&org.token),
-            platform_ipv4: p.shared_ipv4.clone(),
+            platform_ipv4: p
+                .shared_ipv4
+                .iter()
+                .copied()
+                .chain(app.dedicated_ipv4)
+                .collect(),
             platform_ipv6: p.ipv6_prefix,
             ownership_record: p.ownership_record_name(base),
         }

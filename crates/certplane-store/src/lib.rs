@@ -14,6 +14,8 @@
 mod records;
 mod sql;
 
+use std::net::Ipv4Addr;
+
 use async_trait::async_trait;
 use certplane_domain::{
     AppName, Backend, DeleteScope, Hostname, Ipv6Prefix, OrgName, OrgSlug, OwnershipToken,
@@ -43,13 +45,14 @@ pub trait Store: Send + Sync + 'static {
     async fn principal(&self, token: &TokenHash) -> Result<Option<Principal>, StoreError>;
 
     /// Creates an app with a fresh ownership token and the next never-used IPv6 address of
-    /// `prefix`.
+    /// `prefix`; with `ipv4_pool`, also the first address of the pool no app holds now.
     async fn create_app(
         &self,
         org: OrgId,
         name: &AppName,
         backends: &[Backend],
         prefix: &Ipv6Prefix,
+        ipv4_pool: Option<&[Ipv4Addr]>,
     ) -> Result<App, StoreError>;
 
     /// The org's apps, by name.
@@ -149,6 +152,11 @@ pub enum StoreError {
     OrgTaken,
     #[error("the IPv6 prefix {0} has no unused address left")]
     Ipv6Exhausted(Ipv6Prefix),
+    #[error("every address of the dedicated IPv4 pool is in use")]
+    Ipv4Exhausted,
+    /// A concurrent creation took the pool address chosen; `create_app` retries on it.
+    #[error("a concurrent app creation took the dedicated IPv4 address")]
+    Ipv4Taken,
     #[error("could not draw an unused ownership token")]
     TokensExhausted,
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]

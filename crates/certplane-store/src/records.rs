@@ -1,6 +1,6 @@
 //! What the store hands back: records with their storage ids.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use certplane_domain::{AppName, Backend, CertificateStatus, Hostname, OrgSlug, OwnershipToken};
 
@@ -62,6 +62,8 @@ pub struct App {
     pub name: AppName,
     pub token: OwnershipToken,
     pub ipv6: Ipv6Addr,
+    /// A dedicated IPv4 address from the operator's pool, when the app asked for one.
+    pub dedicated_ipv4: Option<Ipv4Addr>,
     pub backends: Vec<Backend>,
     pub created_at: i64,
 }

@@ -6,7 +6,7 @@
 //! connection, so write transactions queue instead of failing with `SQLITE_BUSY`, and a few
 //! reader connections, which WAL mode lets run beside the writer.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -196,7 +196,7 @@ async fn allocate_ipv6(
 }
 
 const ORG_COLUMNS: &str = "o.id, o.slug, o.name, o.token, o.is_admin, o.created_at";
-const APP_COLUMNS: &str = "id, org_id, name, token, ipv6, backends, created_at";
+const APP_COLUMNS: &str = "id, org_id, name, token, ipv6, dedicated_ipv4, backends, created_at";
 const HOSTNAME_COLUMNS: &str = "app_id, hostname, acme_requested, status, created_at, updated_at, \
      ownership_verified, configured, check_report, checked_at, next_check_at, check_failures";
 
@@ -220,6 +220,10 @@ fn app_from_row(row: &AnyRow) -> Result<App, StoreError> {
     let name: String = row.try_get("name")?;
     let ipv6: String = row.try_get("ipv6")?;
     let backends: String = row.try_get("backends")?;
+    let dedicated_ipv4: Option<String> = row.try_get("dedicated_ipv4")?;
+    let dedicated_ipv4 = dedicated_ipv4
+        .map(|ip| ip.parse().map_err(|_| corrupt("dedicated ipv4", &ip)))
+        .transpose()?;
     let backends: Vec<String> =
         serde_json::from_str(&backends).map_err(|_| corrupt("backends", &backends))?;
     Ok(App {
@@ -228,6 +232,7 @@ fn app_from_row(row: &AnyRow) -> Result<App, StoreError> {
         name: AppName::parse(&name).map_err(|_| corrupt("app name", &name))?,
         token: OwnershipToken::from_stored(row.try_get("token")?),
         ipv6: ipv6.parse().map_err(|_| corrupt("ipv6", &ipv6))?,
+        dedicated_ipv4,
         backends: backends
             .iter()
             .map(|b| AppBackend::parse(b).map_err(|_| corrupt("backend", b)))
@@ -329,6 +334,78 @@ async fn hostname_row(
     .transpose()
 }
 
+impl SqlStore {
+    async fn try_create_app(
+        &self,
+        org: OrgId,
+        name: &AppName,
+        backends: &[AppBackend],
+        prefix: &Ipv6Prefix,
+        ipv4_pool: Option<&[Ipv4Addr]>,
+    ) -> Result<App, StoreError> {
+        let mut tx = self.writer.begin().await?;
+
+        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM apps WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::AppNameTaken);
+        }
+        let dedicated_ipv4 = match ipv4_pool {
+            Some(pool) => Some(free_ipv4(&mut tx, pool).await?),
+            None => None,
+        };
+        let token = issue_token(&mut tx, "app").await?;
+        let ipv6 = allocate_ipv6(&mut tx, prefix, name).await?;
+        let created_at = now();
+        let inserted = sqlx::query(
+            "INSERT INTO apps (org_id, name, token, ipv6, dedicated_ipv4, backends, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(org.0)
+        .bind(name.as_str())
+        .bind(token.as_str())
+        .bind(ipv6.to_string())
+        .bind(dedicated_ipv4.map(|ip| ip.to_string()))
+        .bind(backends_json(backends))
+        .bind(created_at)
+        .fetch_one(&mut *tx)
+        .await;
+        let id: i64 = match inserted {
+            Ok(row) => row.try_get("id")?,
+            Err(e) if is_unique_violation(&e) && e.to_string().contains("dedicated_ipv4") => {
+                return Err(StoreError::Ipv4Taken);
+            }
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::AppNameTaken),
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        Ok(App {
+            id: AppId(id),
+            org_id: org,
+            name: name.clone(),
+            token,
+            ipv6,
+            dedicated_ipv4,
+            backends: backends.to_vec(),
+            created_at,
+        })
+    }
+}
+
+/// The first address of `pool` that no app holds now.
+async fn free_ipv4(conn: &mut AnyConnection, pool: &[Ipv4Addr]) -> Result<Ipv4Addr, StoreError> {
+    let held: Vec<String> =
+        sqlx::query_scalar("SELECT dedicated_ipv4 FROM apps WHERE dedicated_ipv4 IS NOT NULL")
+            .fetch_all(&mut *conn)
+            .await?;
+    pool.iter()
+        .copied()
+        .find(|ip| !held.contains(&ip.to_string()))
+        .ok_or(StoreError::Ipv4Exhausted)
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn bootstrap_admin(&self, token: &TokenHash) -> Result<Org, StoreError> {
@@ -382,45 +459,21 @@ impl Store for SqlStore {
         name: &AppName,
         backends: &[AppBackend],
         prefix: &Ipv6Prefix,
+        ipv4_pool: Option<&[Ipv4Addr]>,
     ) -> Result<App, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM apps WHERE name = $1")
-            .bind(name.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if taken.is_some() {
-            return Err(StoreError::AppNameTaken);
+        // A concurrent creation (PostgreSQL) may take the same free pool address first; the
+        // unique index refuses the second, which then tries again with the next one.
+        let mut attempts = 0;
+        loop {
+            match self
+                .try_create_app(org, name, backends, prefix, ipv4_pool)
+                .await
+            {
+                Err(StoreError::Ipv4Taken) if attempts < 8 => attempts += 1,
+                Err(StoreError::Ipv4Taken) => return Err(StoreError::Ipv4Exhausted),
+                other => return other,
+            }
         }
-        let token = issue_token(&mut tx, "app").await?;
-        let ipv6 = allocate_ipv6(&mut tx, prefix, name).await?;
-        let created_at = now();
-        let inserted = sqlx::query(
-            "INSERT INTO apps (org_id, name, token, ipv6, backends, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(org.0)
-        .bind(name.as_str())
-        .bind(token.as_str())
-        .bind(ipv6.to_string())
-        .bind(backends_json(backends))
-        .bind(created_at)
-        .fetch_one(&mut *tx)
-        .await;
-        let id: i64 = match inserted {
-            Ok(row) => row.try_get("id")?,
-            Err(e) if is_unique_violation(&e) => return Err(StoreError::AppNameTaken),
-            Err(e) => return Err(e.into()),
-        };
-        tx.commit().await?;
-        Ok(App {
-            id: AppId(id),
-            org_id: org,
-            name: name.clone(),
-            token,
-            ipv6,
-            backends: backends.to_vec(),
-            created_at,
-        })
     }
 
     async fn apps(&self, org: OrgId) -> Result<Vec<App>, StoreError> {

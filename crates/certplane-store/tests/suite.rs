@@ -45,6 +45,7 @@ suite!(
     deleting_an_app_releases_its_hostnames,
     data_survives_reopening,
     checks_move_status_and_schedule,
+    dedicated_ipv4_addresses_are_recycled,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -137,7 +138,7 @@ async fn apps_belong_to_their_org(db: &TestDb) {
     let b = org(&store, "Org B").await;
     let backends = vec![Backend::parse("10.0.0.5:8080").expect("valid")];
     let web = store
-        .create_app(a.id, &app_name("web"), &backends, &prefix())
+        .create_app(a.id, &app_name("web"), &backends, &prefix(), None)
         .await
         .expect("app");
     assert_eq!(web.name.as_str(), "web");
@@ -155,7 +156,7 @@ async fn apps_belong_to_their_org(db: &TestDb) {
 
     // App names are unique on the whole platform.
     let err = store
-        .create_app(b.id, &app_name("web"), &[], &prefix())
+        .create_app(b.id, &app_name("web"), &[], &prefix(), None)
         .await
         .expect_err("taken");
     assert!(matches!(err, StoreError::AppNameTaken), "{err:?}");
@@ -208,7 +209,7 @@ async fn addresses_and_tokens_are_never_reused(db: &TestDb) {
     for i in 0..1000 {
         let name = app_name(&format!("churn-{i}"));
         let app = store
-            .create_app(o.id, &name, &[], &prefix())
+            .create_app(o.id, &name, &[], &prefix(), None)
             .await
             .expect("app");
         assert!(
@@ -227,7 +228,7 @@ async fn addresses_and_tokens_are_never_reused(db: &TestDb) {
     for i in 0..1000 {
         let name = app_name(&format!("churn-{i}"));
         let app = store
-            .create_app(o.id, &name, &[], &prefix())
+            .create_app(o.id, &name, &[], &prefix(), None)
             .await
             .expect("app");
         assert!(
@@ -250,7 +251,7 @@ async fn concurrent_app_creation_allocates_distinct_addresses(db: &TestDb) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .create_app(o.id, &app_name(&format!("par-{i}")), &[], &prefix())
+                    .create_app(o.id, &app_name(&format!("par-{i}")), &[], &prefix(), None)
                     .await
             })
         })
@@ -269,15 +270,15 @@ async fn hostnames_are_unique_across_the_platform(db: &TestDb) {
     let a = org(&store, "A").await;
     let b = org(&store, "B").await;
     let app_a = store
-        .create_app(a.id, &app_name("a-web"), &[], &prefix())
+        .create_app(a.id, &app_name("a-web"), &[], &prefix(), None)
         .await
         .expect("app");
     let app_a2 = store
-        .create_app(a.id, &app_name("a-api"), &[], &prefix())
+        .create_app(a.id, &app_name("a-api"), &[], &prefix(), None)
         .await
         .expect("app");
     let app_b = store
-        .create_app(b.id, &app_name("b-web"), &[], &prefix())
+        .create_app(b.id, &app_name("b-web"), &[], &prefix(), None)
         .await
         .expect("app");
 
@@ -336,11 +337,11 @@ async fn pagination_returns_each_hostname_once(db: &TestDb) {
     let store = db.store();
     let o = org(&store, "Pages").await;
     let app = store
-        .create_app(o.id, &app_name("pages"), &[], &prefix())
+        .create_app(o.id, &app_name("pages"), &[], &prefix(), None)
         .await
         .expect("app");
     let other = store
-        .create_app(o.id, &app_name("other"), &[], &prefix())
+        .create_app(o.id, &app_name("other"), &[], &prefix(), None)
         .await
         .expect("app");
     store
@@ -380,7 +381,7 @@ async fn delete_scopes(db: &TestDb) {
     let store = db.store();
     let o = org(&store, "Deletes").await;
     let app = store
-        .create_app(o.id, &app_name("del"), &[], &prefix())
+        .create_app(o.id, &app_name("del"), &[], &prefix(), None)
         .await
         .expect("app");
     let h = host("www.example.net");
@@ -429,7 +430,7 @@ async fn deleting_an_app_releases_its_hostnames(db: &TestDb) {
     let a = org(&store, "Leaving").await;
     let b = org(&store, "Arriving").await;
     let old = store
-        .create_app(a.id, &app_name("old"), &[], &prefix())
+        .create_app(a.id, &app_name("old"), &[], &prefix(), None)
         .await
         .expect("app");
     store
@@ -443,7 +444,7 @@ async fn deleting_an_app_releases_its_hostnames(db: &TestDb) {
             .expect("delete")
     );
     let new = store
-        .create_app(b.id, &app_name("new"), &[], &prefix())
+        .create_app(b.id, &app_name("new"), &[], &prefix(), None)
         .await
         .expect("app");
     let (_, created) = store
@@ -457,7 +458,7 @@ async fn data_survives_reopening(db: &TestDb) {
     let store = db.store();
     let o = org(&store, "Durable").await;
     let app = store
-        .create_app(o.id, &app_name("durable"), &[], &prefix())
+        .create_app(o.id, &app_name("durable"), &[], &prefix(), None)
         .await
         .expect("app");
     store
@@ -477,7 +478,7 @@ async fn data_survives_reopening(db: &TestDb) {
     let page = reopened.hostnames(app.id, None, 10).await.expect("list");
     assert_eq!(page.items.len(), 1);
     let next = reopened
-        .create_app(o.id, &app_name("durable-2"), &[], &prefix())
+        .create_app(o.id, &app_name("durable-2"), &[], &prefix(), None)
         .await
         .expect("app");
     assert_ne!(next.ipv6, app.ipv6);
@@ -488,7 +489,7 @@ async fn checks_move_status_and_schedule(db: &TestDb) {
     let store = db.store();
     let o = org(&store, "Checks").await;
     let app = store
-        .create_app(o.id, &app_name("checked"), &[], &prefix())
+        .create_app(o.id, &app_name("checked"), &[], &prefix(), None)
         .await
         .expect("app");
     let h = host("www.checked.example");
@@ -551,4 +552,55 @@ async fn checks_move_status_and_schedule(db: &TestDb) {
         Some(app.clone())
     );
     assert_eq!(store.org_by_id(o.id).await.expect("org"), Some(o));
+}
+
+async fn dedicated_ipv4_addresses_are_recycled(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Ipv4").await;
+    let pool: Vec<std::net::Ipv4Addr> = vec![
+        "192.0.2.50".parse().expect("ip"),
+        "192.0.2.51".parse().expect("ip"),
+    ];
+    let first = store
+        .create_app(o.id, &app_name("v4-a"), &[], &prefix(), Some(&pool))
+        .await
+        .expect("app");
+    let second = store
+        .create_app(o.id, &app_name("v4-b"), &[], &prefix(), Some(&pool))
+        .await
+        .expect("app");
+    let plain = store
+        .create_app(o.id, &app_name("v4-none"), &[], &prefix(), None)
+        .await
+        .expect("app");
+    assert_eq!(first.dedicated_ipv4, Some(pool[0]));
+    assert_eq!(second.dedicated_ipv4, Some(pool[1]));
+    assert_eq!(plain.dedicated_ipv4, None);
+    let err = store
+        .create_app(o.id, &app_name("v4-c"), &[], &prefix(), Some(&pool))
+        .await
+        .expect_err("pool empty");
+    assert!(matches!(err, StoreError::Ipv4Exhausted), "{err:?}");
+    assert_eq!(
+        store.app(o.id, &app_name("v4-c")).await.expect("get"),
+        None,
+        "nothing written"
+    );
+    // Unlike IPv6, a released IPv4 goes to the next app that asks.
+    assert!(
+        store
+            .delete_app(o.id, &app_name("v4-a"))
+            .await
+            .expect("delete")
+    );
+    let third = store
+        .create_app(o.id, &app_name("v4-c"), &[], &prefix(), Some(&pool))
+        .await
+        .expect("app");
+    assert_eq!(third.dedicated_ipv4, Some(pool[0]));
+    assert_ne!(third.ipv6, first.ipv6);
+    assert_eq!(
+        store.app(o.id, &app_name("v4-c")).await.expect("get"),
+        Some(third)
+    );
 }

@@ -68,6 +68,7 @@ pub async fn list_apps(
         (status = 201, body = AppResponse),
         (status = 409, description = "APP_NAME_TAKEN", body = ErrorBody),
         (status = 422, description = "APP_NAME_INVALID, BACKEND_INVALID", body = ErrorBody),
+        (status = 503, description = "NO_ALLOCATED_IPS: no dedicated IPv4 (or IPv6) address left", body = ErrorBody),
     ))]
 pub async fn create_app(
     State(state): State<ApiState>,
@@ -83,6 +84,8 @@ pub async fn create_app(
             &name,
             &backends,
             &state.platform.ipv6_prefix,
+            body.dedicated_ipv4
+                .then_some(state.platform.dedicated_ipv4_pool.as_slice()),
         )
         .await?;
     tracing::info!(app = %app.name, org = %principal.org.slug, ipv6 = %app.ipv6, "app created");

@@ -34,6 +34,10 @@ pub fn platform() -> PlatformSettings {
         challenge_zone: Hostname::parse("acme.plat.test").expect("valid"),
         ipv6_prefix: "fdaa::/48".parse().expect("valid"),
         shared_ipv4: vec!["203.0.113.10".parse().expect("valid")],
+        dedicated_ipv4_pool: vec![
+            "192.0.2.50".parse().expect("valid"),
+            "192.0.2.51".parse().expect("valid"),
+        ],
     }
 }
 
