@@ -141,6 +141,10 @@ pub struct DnsRecordsFound {
     pub aaaa: Vec<String>,
     /// CNAME targets from the hostname, in order.
     pub cname_chain: Vec<String>,
+    /// Every address the hostname resolves to, after the CNAME chain.
+    pub resolved_addresses: Vec<String>,
+    /// The SOA of the hostname's zone: `zone primary-ns serial`.
+    pub soa: Option<String>,
     pub acme_challenge_cname: Vec<String>,
     pub ownership_txt: Vec<String>,
     /// The CAA records that apply, `flags tag "value"`.

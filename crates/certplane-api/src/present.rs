@@ -147,6 +147,8 @@ pub fn detail(
                 a: d.a.clone(),
                 aaaa: d.aaaa.clone(),
                 cname_chain: d.cname_chain.clone(),
+                resolved_addresses: d.resolved_addresses.clone(),
+                soa: d.soa.clone(),
                 acme_challenge_cname: d.acme_challenge_cname.clone(),
                 ownership_txt: d.ownership_txt.clone(),
                 caa: d.caa.clone(),

@@ -97,6 +97,10 @@ async fn a_record_to_the_shared_ipv4_does_not_prove() {
     assert_eq!(d["configured"], true, "the traffic does reach the platform");
     assert!(codes(&d).contains(&"IPV6_NOT_FOUND".to_owned()));
     assert_eq!(d["dns_records"]["a"], json!(["203.0.113.10"]));
+    assert_eq!(
+        d["dns_records"]["resolved_addresses"],
+        json!(["203.0.113.10"])
+    );
 }
 
 #[tokio::test]
@@ -517,6 +521,10 @@ async fn nxdomain_is_reported() {
         "{d:#}"
     );
     assert_eq!(d["dns_records"]["outcomes"]["aaaa"], "nx_domain");
+    assert_eq!(
+        d["dns_records"]["soa"], "nx.test ns1.nx.test 1",
+        "the zone, from the negative answer"
+    );
     assert_eq!(code(&d), "<no error code>");
 }
 

@@ -35,9 +35,15 @@ pub struct CheckReport {
 /// What the lookups found, as text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsRecords {
+    /// A records, after following the CNAME chain.
     pub a: Vec<String>,
+    /// AAAA records, after following the CNAME chain.
     pub aaaa: Vec<String>,
     pub cname_chain: Vec<String>,
+    /// Every address the hostname resolves to (A and AAAA).
+    pub resolved_addresses: Vec<String>,
+    /// The SOA of the hostname's zone, `zone mname serial`.
+    pub soa: Option<String>,
     pub acme_challenge_cname: Vec<String>,
     pub ownership_txt: Vec<String>,
     /// `flags tag "value"` of the CAA set that applies.
@@ -76,11 +82,12 @@ impl Checker {
         let host = expected.hostname.as_str();
         let base = expected.hostname.base();
         let challenge = format!("_acme-challenge.{base}");
-        let ((a, aaaa, cname_chain), ownership_txt, acme_challenge_cname, caa_found) = tokio::join!(
+        let ((a, aaaa, cname_chain), ownership_txt, acme_challenge_cname, caa_found, soa) = tokio::join!(
             self.dns.addresses(host),
             self.dns.txt(&expected.ownership_record),
             self.dns.cname(&challenge),
             self.dns.caa(base),
+            self.dns.soa(base),
         );
         let observed = Observed {
             a,
@@ -89,6 +96,7 @@ impl Checker {
             ownership_txt,
             acme_challenge_cname,
             caa: caa_found,
+            soa,
         };
         let ownership = rules::ownership(expected, &observed);
         let traffic = rules::traffic(expected, &observed, &self.proxies, ownership.txt_configured);
@@ -134,6 +142,7 @@ fn records(o: &Observed) -> DnsRecords {
         "acme_challenge_cname".into(),
         outcome(&o.acme_challenge_cname),
     );
+    outcomes.insert("soa".into(), outcome(&o.soa));
     if let Some(failed) = &o.caa.failed {
         outcomes.insert("caa".into(), format!("failed: {failed}"));
     }
@@ -141,6 +150,14 @@ fn records(o: &Observed) -> DnsRecords {
         a: o.a.records().iter().map(ToString::to_string).collect(),
         aaaa: o.aaaa.records().iter().map(ToString::to_string).collect(),
         cname_chain: o.cname_chain.clone(),
+        resolved_addresses: o
+            .a
+            .records()
+            .iter()
+            .map(ToString::to_string)
+            .chain(o.aaaa.records().iter().map(ToString::to_string))
+            .collect(),
+        soa: o.soa.records().first().cloned(),
         acme_challenge_cname: strings(o.acme_challenge_cname.records()),
         ownership_txt: strings(o.ownership_txt.records()),
         caa: o

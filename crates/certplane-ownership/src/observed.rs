@@ -84,6 +84,8 @@ pub struct Observed {
     pub acme_challenge_cname: Answer<String>,
     /// The CAA set that applies.
     pub caa: CaaFound,
+    /// The SOA of the hostname's zone (`zone mname serial`).
+    pub soa: Answer<String>,
 }
 
 /// Lower case, no trailing dot: how names are compared.

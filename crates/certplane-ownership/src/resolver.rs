@@ -146,6 +146,53 @@ impl DnsClient {
         })
     }
 
+    /// The SOA of the zone `name` lies in, as `zone mname serial`: from the answer when `name`
+    /// is the zone's apex, from the authority section of the negative answer otherwise.
+    pub async fn soa(&self, name: &str) -> Answer<String> {
+        let Ok(mut fqdn) = Name::from_ascii(name) else {
+            return Answer::Failed(format!("invalid name {name:?}"));
+        };
+        fqdn.set_fqdn(true);
+        let show = |zone: &Name, soa: &hickory_resolver::proto::rr::rdata::SOA| {
+            format!(
+                "{} {} {}",
+                normalize_name(&zone.to_string()),
+                normalize_name(&soa.mname.to_string()),
+                soa.serial
+            )
+        };
+        match self.resolver.lookup(fqdn, RecordType::SOA).await {
+            Ok(lookup) => {
+                let found: Vec<String> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::SOA(soa) => Some(show(&r.name, soa)),
+                        _ => None,
+                    })
+                    .collect();
+                if found.is_empty() {
+                    Answer::NoData
+                } else {
+                    Answer::Records(found)
+                }
+            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords { soa: Some(soa), .. }))) => {
+                Answer::Records(vec![show(&soa.name, &soa.data)])
+            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. }))) => {
+                if response_code == ResponseCode::NXDomain {
+                    Answer::NxDomain
+                } else {
+                    Answer::NoData
+                }
+            }
+            Err(NetError::Dns(DnsError::ResponseCode(_))) => Answer::ServFail,
+            Err(NetError::Timeout) => Answer::Timeout,
+            Err(e) => Answer::Failed(e.to_string()),
+        }
+    }
+
     /// The CAA set that applies to `name` (RFC 8659 §3): climbs from `name` towards the root
     /// until a name has CAA records.
     pub async fn caa(&self, name: &str) -> CaaFound {

@@ -389,6 +389,7 @@ mod tests {
                 records: vec![],
                 failed: None,
             },
+            soa: Answer::NoData,
         }
     }
 
