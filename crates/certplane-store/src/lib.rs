@@ -23,7 +23,8 @@ use certplane_domain::{
 };
 
 pub use records::{
-    App, AppId, CheckUpdate, HostnameRecord, Org, OrgId, Page, Principal, TokenKind,
+    App, AppId, CertSource, CertificateRecord, CheckUpdate, HostnameRecord, NewCertificate, Org,
+    OrgId, Page, Principal, TokenKind,
 };
 pub use sql::{Backend as SqlBackend, SqlStore};
 
@@ -122,6 +123,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// An org by id (for the background workers, never for API callers).
     async fn org_by_id(&self, org: OrgId) -> Result<Option<Org>, StoreError>;
+
+    /// Stores `cert` as the hostname's custom certificate, replacing any previous one in the same
+    /// transaction (the old one stays in force until the new one is committed). Adds the hostname
+    /// to the app when it lacks it. [`StoreError::HostnameTaken`] when another app holds it.
+    async fn import_custom(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        cert: &NewCertificate,
+    ) -> Result<(HostnameRecord, bool), StoreError>;
+
+    /// Stores an ACME certificate of the hostname, replacing the one of the same key type.
+    async fn store_acme_certificate(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        cert: &NewCertificate,
+    ) -> Result<Option<HostnameRecord>, StoreError>;
+
+    /// The hostname's certificates.
+    async fn certificates(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
+
+    /// Every stored certificate, for re-sealing keys under a new master key.
+    async fn all_certificates(&self) -> Result<Vec<CertificateRecord>, StoreError>;
+
+    /// Replaces a certificate's sealed key if it is still sealed under `old_key_id`.
+    async fn reseal_key(
+        &self,
+        id: i64,
+        old_key_id: &str,
+        new_key_id: &str,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError>;
 
     /// Whether this token is in the ledger of issued ownership tokens.
     async fn token_issued(&self, token: &OwnershipToken) -> Result<bool, StoreError>;

@@ -90,6 +90,77 @@ pub struct HostnameRecord {
     pub check_failures: i64,
 }
 
+/// Where a certificate came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CertSource {
+    Acme,
+    Custom,
+}
+
+impl CertSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Acme => "acme",
+            Self::Custom => "custom",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "acme" => Some(Self::Acme),
+            "custom" => Some(Self::Custom),
+            _ => None,
+        }
+    }
+}
+
+/// A certificate to store; its private key already sealed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewCertificate {
+    pub source: CertSource,
+    /// `ecdsa` or `rsa`.
+    pub key_type: String,
+    pub chain_pem: String,
+    /// The master key that sealed `key_sealed`.
+    pub key_id: String,
+    pub key_sealed: Vec<u8>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issuer: String,
+    pub fingerprint: String,
+    /// JSON array of `{"code","message"}`.
+    pub warnings: String,
+}
+
+impl std::fmt::Debug for NewCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCertificate")
+            .field("source", &self.source)
+            .field("key_type", &self.key_type)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored certificate. `Debug` leaves out the sealed key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    pub id: i64,
+    pub hostname: Hostname,
+    pub cert: NewCertificate,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for CertificateRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateRecord")
+            .field("id", &self.id)
+            .field("hostname", &self.hostname)
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The result of one ownership check, to store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckUpdate {

@@ -21,8 +21,8 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::{
-    App, AppId, CheckUpdate, DeleteOutcome, HostnameRecord, Org, OrgId, Page, Principal, Store,
-    StoreError, TokenKind,
+    App, AppId, CertSource, CertificateRecord, CheckUpdate, DeleteOutcome, HostnameRecord,
+    NewCertificate, Org, OrgId, Page, Principal, Store, StoreError, TokenKind,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -334,6 +334,118 @@ async fn hostname_row(
     .transpose()
 }
 
+const CERT_COLUMNS: &str = "id, hostname, source, key_type, chain_pem, key_id, key_sealed, \
+     not_before, not_after, issuer, fingerprint, warnings, created_at";
+
+fn certificate_from_row(row: &AnyRow) -> Result<CertificateRecord, StoreError> {
+    let hostname: String = row.try_get("hostname")?;
+    let source: String = row.try_get("source")?;
+    Ok(CertificateRecord {
+        id: row.try_get("id")?,
+        hostname: Hostname::parse(&hostname).map_err(|_| corrupt("hostname", &hostname))?,
+        cert: NewCertificate {
+            source: CertSource::parse(&source)
+                .ok_or_else(|| corrupt("certificate source", &source))?,
+            key_type: row.try_get("key_type")?,
+            chain_pem: row.try_get("chain_pem")?,
+            key_id: row.try_get("key_id")?,
+            key_sealed: row.try_get("key_sealed")?,
+            not_before: row.try_get("not_before")?,
+            not_after: row.try_get("not_after")?,
+            issuer: row.try_get("issuer")?,
+            fingerprint: row.try_get("fingerprint")?,
+            warnings: row.try_get("warnings")?,
+        },
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The status a hostname has: unverified names wait for ownership; verified ones are active
+/// while a certificate is within its validity, expired when all are past it, and otherwise
+/// wait for issuance (keeping an `issuing` or `failed` state the issuer set).
+fn derive_status(
+    verified: bool,
+    validity: &[(i64, i64)],
+    now: i64,
+    current: CertificateStatus,
+) -> CertificateStatus {
+    if !verified {
+        CertificateStatus::PendingOwnership
+    } else if validity.iter().any(|&(nb, na)| nb <= now && now < na) {
+        CertificateStatus::Active
+    } else if !validity.is_empty() {
+        CertificateStatus::Expired
+    } else if matches!(
+        current,
+        CertificateStatus::Issuing | CertificateStatus::Failed
+    ) {
+        current
+    } else {
+        CertificateStatus::PendingValidation
+    }
+}
+
+/// Recomputes and stores the hostname's status from its ownership and certificates.
+async fn refresh_status(
+    conn: &mut AnyConnection,
+    app: AppId,
+    hostname: &Hostname,
+    now: i64,
+) -> Result<Option<HostnameRecord>, StoreError> {
+    let Some(record) = hostname_row(conn, app, hostname).await? else {
+        return Ok(None);
+    };
+    let rows = sqlx::query("SELECT not_before, not_after FROM certificates WHERE hostname = $1")
+        .bind(hostname.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    let validity: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|r| Ok((r.try_get("not_before")?, r.try_get("not_after")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let status = derive_status(record.ownership_verified, &validity, now, record.status);
+    if status == record.status {
+        return Ok(Some(record));
+    }
+    sqlx::query(
+        "UPDATE hostnames SET status = $1, updated_at = $2 WHERE app_id = $3 AND hostname = $4",
+    )
+    .bind(status.as_str())
+    .bind(now)
+    .bind(app.0)
+    .bind(hostname.as_str())
+    .execute(&mut *conn)
+    .await?;
+    hostname_row(conn, app, hostname).await
+}
+
+async fn insert_certificate(
+    conn: &mut AnyConnection,
+    hostname: &Hostname,
+    cert: &NewCertificate,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO certificates (hostname, source, key_type, chain_pem, key_id, key_sealed, \
+         not_before, not_after, issuer, fingerprint, warnings, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(hostname.as_str())
+    .bind(cert.source.as_str())
+    .bind(&cert.key_type)
+    .bind(&cert.chain_pem)
+    .bind(&cert.key_id)
+    .bind(&cert.key_sealed)
+    .bind(cert.not_before)
+    .bind(cert.not_after)
+    .bind(&cert.issuer)
+    .bind(&cert.fingerprint)
+    .bind(&cert.warnings)
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 impl SqlStore {
     async fn try_create_app(
         &self,
@@ -529,6 +641,10 @@ impl Store for SqlStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(id) = id else { return Ok(false) };
+        sqlx::query("DELETE FROM certificates WHERE hostname IN (SELECT hostname FROM hostnames WHERE app_id = $1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM hostnames WHERE app_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -656,22 +772,60 @@ impl Store for SqlStore {
         let Some(record) = hostname_row(&mut tx, app, hostname).await? else {
             return Ok(DeleteOutcome::NotFound);
         };
-        // Custom certificates do not exist yet, so a hostname holds only its ACME requirement:
-        // removing that leaves nothing, and the hostname is released.
-        let remove = match scope {
-            DeleteScope::All => true,
-            DeleteScope::Acme if record.acme_requested => true,
+        let sources: Vec<String> =
+            sqlx::query_scalar("SELECT source FROM certificates WHERE hostname = $1")
+                .bind(hostname.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        let has = |s: CertSource| sources.iter().any(|x| x == s.as_str());
+        let (acme_left, custom_left) = match scope {
+            DeleteScope::All => (false, false),
+            DeleteScope::Acme if record.acme_requested || has(CertSource::Acme) => {
+                (false, has(CertSource::Custom))
+            }
+            DeleteScope::Custom if has(CertSource::Custom) => {
+                (record.acme_requested || has(CertSource::Acme), false)
+            }
             DeleteScope::Acme | DeleteScope::Custom => return Ok(DeleteOutcome::NothingToDelete),
         };
-        if remove {
+        let removed_source = match scope {
+            DeleteScope::All => None,
+            DeleteScope::Acme => Some(CertSource::Acme),
+            DeleteScope::Custom => Some(CertSource::Custom),
+        };
+        if !acme_left && !custom_left {
+            sqlx::query("DELETE FROM certificates WHERE hostname = $1")
+                .bind(hostname.as_str())
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM hostnames WHERE app_id = $1 AND hostname = $2")
                 .bind(app.0)
                 .bind(hostname.as_str())
                 .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
+            return Ok(DeleteOutcome::Removed);
         }
+        if let Some(source) = removed_source {
+            sqlx::query("DELETE FROM certificates WHERE hostname = $1 AND source = $2")
+                .bind(hostname.as_str())
+                .bind(source.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if scope == DeleteScope::Acme {
+            sqlx::query("UPDATE hostnames SET acme_requested = 0, updated_at = $1 WHERE app_id = $2 AND hostname = $3")
+                .bind(now())
+                .bind(app.0)
+                .bind(hostname.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let record = refresh_status(&mut tx, app, hostname, now())
+            .await?
+            .ok_or_else(|| corrupt("vanished hostname", hostname.as_str()))?;
         tx.commit().await?;
-        Ok(DeleteOutcome::Removed)
+        Ok(DeleteOutcome::Updated(record))
     }
 
     async fn record_check(
@@ -684,21 +838,15 @@ impl Store for SqlStore {
         let Some(current) = hostname_row(&mut tx, app, hostname).await? else {
             return Ok(None);
         };
-        let status = match (update.verified, current.status) {
-            (true, CertificateStatus::PendingOwnership) => CertificateStatus::PendingValidation,
-            (true, other) => other,
-            (false, _) => CertificateStatus::PendingOwnership,
-        };
-        let changed = status != current.status || update.verified != current.ownership_verified;
-        let updated_at = if changed {
+        let updated_at = if update.verified != current.ownership_verified {
             update.checked_at
         } else {
             current.updated_at
         };
         sqlx::query(
             "UPDATE hostnames SET ownership_verified = $1, configured = $2, check_report = $3, \
-             checked_at = $4, next_check_at = $5, check_failures = $6, status = $7, updated_at = $8 \
-             WHERE app_id = $9 AND hostname = $10",
+             checked_at = $4, next_check_at = $5, check_failures = $6, updated_at = $7 \
+             WHERE app_id = $8 AND hostname = $9",
         )
         .bind(i64::from(update.verified))
         .bind(i64::from(update.configured))
@@ -706,13 +854,12 @@ impl Store for SqlStore {
         .bind(update.checked_at)
         .bind(update.next_check_at)
         .bind(update.failures)
-        .bind(status.as_str())
         .bind(updated_at)
         .bind(app.0)
         .bind(hostname.as_str())
         .execute(&mut *tx)
         .await?;
-        let record = hostname_row(&mut tx, app, hostname).await?;
+        let record = refresh_status(&mut tx, app, hostname, update.checked_at).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -753,6 +900,125 @@ impl Store for SqlStore {
             .as_ref()
             .map(org_from_row)
             .transpose()
+    }
+
+    async fn import_custom(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        cert: &NewCertificate,
+    ) -> Result<(HostnameRecord, bool), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let holder: Option<i64> =
+            sqlx::query_scalar("SELECT app_id FROM hostnames WHERE hostname = $1")
+                .bind(hostname.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let created = match holder {
+            Some(holder) if holder != app.0 => return Err(StoreError::HostnameTaken),
+            Some(_) => false,
+            None => {
+                let at = now();
+                let inserted = sqlx::query(
+                    "INSERT INTO hostnames (app_id, hostname, acme_requested, status, created_at, updated_at) \
+                     VALUES ($1, $2, 0, $3, $4, $4)",
+                )
+                .bind(app.0)
+                .bind(hostname.as_str())
+                .bind(CertificateStatus::PendingOwnership.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Ok(_) => true,
+                    Err(e) if is_unique_violation(&e) => return Err(StoreError::HostnameTaken),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        sqlx::query("DELETE FROM certificates WHERE hostname = $1 AND source = $2")
+            .bind(hostname.as_str())
+            .bind(CertSource::Custom.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_certificate(&mut tx, hostname, cert).await?;
+        let record = refresh_status(&mut tx, app, hostname, now())
+            .await?
+            .ok_or_else(|| corrupt("vanished hostname", hostname.as_str()))?;
+        tx.commit().await?;
+        Ok((record, created))
+    }
+
+    async fn store_acme_certificate(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        cert: &NewCertificate,
+    ) -> Result<Option<HostnameRecord>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        if hostname_row(&mut tx, app, hostname).await?.is_none() {
+            return Ok(None);
+        }
+        sqlx::query(
+            "DELETE FROM certificates WHERE hostname = $1 AND source = $2 AND key_type = $3",
+        )
+        .bind(hostname.as_str())
+        .bind(CertSource::Acme.as_str())
+        .bind(&cert.key_type)
+        .execute(&mut *tx)
+        .await?;
+        insert_certificate(&mut tx, hostname, cert).await?;
+        let record = refresh_status(&mut tx, app, hostname, now()).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn certificates(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE hostname = $1 \
+             AND hostname IN (SELECT hostname FROM hostnames WHERE app_id = $2) ORDER BY source, key_type"
+        ))
+        .bind(hostname.as_str())
+        .bind(app.0)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(certificate_from_row)
+        .collect()
+    }
+
+    async fn all_certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {CERT_COLUMNS} FROM certificates ORDER BY id"
+        ))
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(certificate_from_row)
+        .collect()
+    }
+
+    async fn reseal_key(
+        &self,
+        id: i64,
+        old_key_id: &str,
+        new_key_id: &str,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE certificates SET key_id = $1, key_sealed = $2 WHERE id = $3 AND key_id = $4",
+        )
+        .bind(new_key_id)
+        .bind(sealed)
+        .bind(id)
+        .bind(old_key_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(updated.rows_affected() == 1)
     }
 
     async fn token_issued(&self, token: &OwnershipToken) -> Result<bool, StoreError> {

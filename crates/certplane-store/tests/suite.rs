@@ -7,7 +7,9 @@ use certplane_domain::{
     ApiToken, AppName, Backend, CertificateStatus, DeleteScope, Hostname, Ipv6Prefix, OrgName,
     OrgSlug,
 };
-use certplane_store::{CheckUpdate, DeleteOutcome, Org, Store, StoreError, TokenKind};
+use certplane_store::{
+    CertSource, CheckUpdate, DeleteOutcome, NewCertificate, Org, Store, StoreError, TokenKind,
+};
 use certplane_test_support::TestDb;
 
 macro_rules! suite {
@@ -46,6 +48,7 @@ suite!(
     data_survives_reopening,
     checks_move_status_and_schedule,
     dedicated_ipv4_addresses_are_recycled,
+    custom_and_acme_certificates,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -603,4 +606,210 @@ async fn dedicated_ipv4_addresses_are_recycled(db: &TestDb) {
         store.app(o.id, &app_name("v4-c")).await.expect("get"),
         Some(third)
     );
+}
+
+fn cert(source: CertSource, key_type: &str, fingerprint: &str, not_after: i64) -> NewCertificate {
+    NewCertificate {
+        source,
+        key_type: key_type.into(),
+        chain_pem: format!(
+            "-----BEGIN CERTIFICATE-----\n{fingerprint}\n-----END CERTIFICATE-----\n"
+        ),
+        key_id: "k1".into(),
+        key_sealed: vec![1, 2, 3, 0, 255],
+        not_before: 0,
+        not_after,
+        issuer: "Test CA".into(),
+        fingerprint: fingerprint.into(),
+        warnings: "[]".into(),
+    }
+}
+
+async fn custom_and_acme_certificates(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Certs").await;
+    let app = store
+        .create_app(o.id, &app_name("certs"), &[], &prefix(), None)
+        .await
+        .expect("app");
+    let other = store
+        .create_app(o.id, &app_name("other"), &[], &prefix(), None)
+        .await
+        .expect("app");
+    let h = host("www.certs.example");
+    let far = i64::MAX / 2;
+
+    // Importing adds the hostname (no ACME requested) and waits for ownership.
+    let (rec, created) = store
+        .import_custom(app.id, &h, &cert(CertSource::Custom, "ecdsa", "one", far))
+        .await
+        .expect("import");
+    assert!(created);
+    assert!(!rec.acme_requested);
+    assert_eq!(rec.status, CertificateStatus::PendingOwnership);
+    let err = store
+        .import_custom(other.id, &h, &cert(CertSource::Custom, "ecdsa", "x", far))
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::HostnameTaken));
+    assert!(
+        store
+            .certificates(other.id, &h)
+            .await
+            .expect("list")
+            .is_empty(),
+        "another app sees nothing"
+    );
+
+    // Re-import replaces, atomically: still one custom certificate.
+    let (_, created) = store
+        .import_custom(app.id, &h, &cert(CertSource::Custom, "rsa", "two", far))
+        .await
+        .expect("re-import");
+    assert!(!created);
+    let certs = store.certificates(app.id, &h).await.expect("list");
+    assert_eq!(certs.len(), 1);
+    assert_eq!(
+        (
+            certs[0].cert.fingerprint.as_str(),
+            certs[0].cert.key_type.as_str()
+        ),
+        ("two", "rsa")
+    );
+    assert_eq!(
+        certs[0].cert.key_sealed,
+        vec![1, 2, 3, 0, 255],
+        "bytes round-trip"
+    );
+
+    // Verified ownership with a valid certificate is active.
+    let verified = CheckUpdate {
+        verified: true,
+        configured: true,
+        report: "{}".into(),
+        checked_at: 1_000,
+        next_check_at: 2_000,
+        failures: 0,
+    };
+    let rec = store
+        .record_check(app.id, &h, &verified)
+        .await
+        .expect("check")
+        .expect("exists");
+    assert_eq!(rec.status, CertificateStatus::Active);
+
+    // An ACME pair joins; deleting the custom one falls back to it.
+    store
+        .store_acme_certificate(app.id, &h, &cert(CertSource::Acme, "ecdsa", "acme-ec", far))
+        .await
+        .expect("acme")
+        .expect("exists");
+    store
+        .store_acme_certificate(app.id, &h, &cert(CertSource::Acme, "rsa", "acme-rsa", far))
+        .await
+        .expect("acme")
+        .expect("exists");
+    store
+        .store_acme_certificate(
+            app.id,
+            &h,
+            &cert(CertSource::Acme, "ecdsa", "acme-ec-2", far),
+        )
+        .await
+        .expect("renewal")
+        .expect("exists");
+    assert_eq!(store.certificates(app.id, &h).await.expect("list").len(), 3);
+    match store
+        .delete_hostname(app.id, &h, DeleteScope::Custom)
+        .await
+        .expect("delete")
+    {
+        DeleteOutcome::Updated(rec) => assert_eq!(rec.status, CertificateStatus::Active),
+        other => panic!("{other:?}"),
+    }
+    let left: Vec<String> = store
+        .certificates(app.id, &h)
+        .await
+        .expect("list")
+        .iter()
+        .map(|c| c.cert.fingerprint.clone())
+        .collect();
+    assert_eq!(left, vec!["acme-ec-2", "acme-rsa"]);
+    assert_eq!(
+        store
+            .delete_hostname(app.id, &h, DeleteScope::Custom)
+            .await
+            .expect("delete"),
+        DeleteOutcome::NothingToDelete
+    );
+    // Deleting ACME with nothing else left releases the hostname.
+    assert_eq!(
+        store
+            .delete_hostname(app.id, &h, DeleteScope::Acme)
+            .await
+            .expect("delete"),
+        DeleteOutcome::Removed
+    );
+    assert!(
+        store
+            .certificates(app.id, &h)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // Expired certificates make a verified hostname expired; deleting ACME keeps the custom one.
+    let h2 = host("old.certs.example");
+    store.request_acme(app.id, &h2).await.expect("add");
+    store
+        .import_custom(app.id, &h2, &cert(CertSource::Custom, "ecdsa", "old", 10))
+        .await
+        .expect("import");
+    let rec = store
+        .record_check(app.id, &h2, &verified)
+        .await
+        .expect("check")
+        .expect("exists");
+    assert_eq!(rec.status, CertificateStatus::Expired);
+    match store
+        .delete_hostname(app.id, &h2, DeleteScope::Acme)
+        .await
+        .expect("delete")
+    {
+        DeleteOutcome::Updated(rec) => assert!(!rec.acme_requested),
+        other => panic!("{other:?}"),
+    }
+
+    // Re-sealing is conditional on the key id it replaces.
+    let all = store.all_certificates().await.expect("all");
+    assert_eq!(all.len(), 1);
+    assert!(
+        store
+            .reseal_key(all[0].id, "k1", "k2", &[9, 9])
+            .await
+            .expect("reseal")
+    );
+    assert!(
+        !store
+            .reseal_key(all[0].id, "k1", "k3", &[8])
+            .await
+            .expect("stale reseal")
+    );
+    let after = store.all_certificates().await.expect("all");
+    assert_eq!(
+        (
+            after[0].cert.key_id.as_str(),
+            after[0].cert.key_sealed.clone()
+        ),
+        ("k2", vec![9, 9])
+    );
+
+    // Deleting the app removes its certificates.
+    assert!(
+        store
+            .delete_app(o.id, &app_name("certs"))
+            .await
+            .expect("delete")
+    );
+    assert!(store.all_certificates().await.expect("all").is_empty());
 }
