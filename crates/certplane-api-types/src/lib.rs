@@ -99,6 +99,35 @@ pub struct AddAcmeRequest {
     pub hostname: String,
 }
 
+/// A certificate and its key to import. The key is stored encrypted and never returned.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportCustomRequest {
+    #[schema(example = "www.example.com")]
+    pub hostname: String,
+    /// PEM: the certificate, then its intermediates (the root may be left out).
+    pub fullchain: String,
+    /// PEM: the unencrypted private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
+}
+
+impl std::fmt::Debug for ImportCustomRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportCustomRequest")
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something to know that does not stop the hostname from working.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Warning {
+    #[schema(example = "CHAIN_UNTRUSTED")]
+    pub code: String,
+    pub message: String,
+    pub remediation: String,
+}
+
 /// One hostname and its certificates.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CertificateDetail {
@@ -115,6 +144,10 @@ pub struct CertificateDetail {
     /// RFC 3339; set while the CA's rate limits hold issuance back.
     pub rate_limited_until: Option<String>,
     pub certificates: Vec<CertificateEntry>,
+    /// Which certificate the edges serve: `custom`, `acme`, or none.
+    pub served: Option<String>,
+    /// Flagged but not blocking: an untrusted chain, a certificate expiring soon.
+    pub warnings: Vec<Warning>,
     pub validation: Validation,
     pub dns_requirements: DnsRequirements,
     pub validation_errors: Vec<ValidationError>,
@@ -160,11 +193,18 @@ pub struct DnsRecordsFound {
 pub struct CertificateEntry {
     /// `acme` or `custom`.
     pub source: String,
+    /// `active`, `pending_ownership`, `expired` or `not_yet_valid`.
     pub status: String,
+    /// `primary` (served), `fallback` (served if the primary goes) or `inactive`.
+    pub role: String,
     pub created_at: String,
+    pub not_before: String,
     pub expires_at: String,
     pub issuer: String,
+    /// SHA-256 of the leaf certificate, hex.
+    pub fingerprint: String,
     pub issued: Vec<IssuedKey>,
+    pub warnings: Vec<Warning>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

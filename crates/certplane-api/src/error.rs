@@ -58,7 +58,7 @@ impl ApiError {
         )
     }
 
-    fn internal() -> Self {
+    pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL_ERROR",

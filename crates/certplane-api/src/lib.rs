@@ -24,6 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use certplane_domain::PlatformSettings;
 use certplane_ownership::Verifier;
+use certplane_secrets::MasterKeys;
 use certplane_store::Store;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -32,8 +33,21 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 
-/// Largest request body accepted, in bytes. Requests are small JSON objects.
+/// Largest request body accepted, in bytes. Requests are small JSON objects...
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// ...but a certificate import carries a chain and a key, each up to the import limit.
+pub const MAX_IMPORT_BODY_BYTES: usize = 3 * certplane_import::MAX_INPUT_BYTES;
+
+/// What the API works with.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)]
+pub struct ApiDeps {
+    pub store: Arc<dyn Store>,
+    pub platform: Arc<PlatformSettings>,
+    pub verifier: Arc<Verifier>,
+    /// Seals the private keys of imported certificates.
+    pub keys: Arc<MasterKeys>,
+}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -41,6 +55,7 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub platform: Arc<PlatformSettings>,
     pub verifier: Arc<Verifier>,
+    pub keys: Arc<MasterKeys>,
     openapi: Arc<String>,
 }
 
@@ -93,7 +108,11 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(routes::certificates::list_certificates))
         .routes(routes!(routes::certificates::add_acme))
-        .routes(routes!(routes::certificates::import_custom))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(routes::certificates::import_custom))
+                .layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),
+        )
         .routes(routes!(
             routes::certificates::get_certificate,
             routes::certificates::delete_certificate
@@ -110,11 +129,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The API's router, ready to serve.
-pub fn router(
-    store: Arc<dyn Store>,
-    platform: Arc<PlatformSettings>,
-    verifier: Arc<Verifier>,
-) -> Router {
+pub fn router(deps: ApiDeps) -> Router {
+    let ApiDeps {
+        store,
+        platform,
+        verifier,
+        keys,
+    } = deps;
     let (router, doc) = api_routes().split_for_parts();
     let openapi = doc.to_pretty_json().unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot serialise the OpenAPI document");
@@ -124,6 +145,7 @@ pub fn router(
         store,
         platform,
         verifier,
+        keys,
         openapi: Arc::new(openapi),
     };
     router

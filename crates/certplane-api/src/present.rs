@@ -1,15 +1,15 @@
 //! Store records turned into wire types.
 
 use certplane_api_types::{
-    AppResponse, CertificateDetail, CertificateSummary, DnsRecordsFound, Validation,
-    ValidationError,
+    AppResponse, CertificateDetail, CertificateEntry, CertificateSummary, DnsRecordsFound,
+    IssuedKey, Validation, ValidationError, Warning,
 };
 use certplane_domain::{
     CertificateStatus, DnsRequirements, PlatformSettings, app_ownership_value, cname_target,
     org_ownership_value,
 };
 use certplane_ownership::{CheckReport, Proof};
-use certplane_store::{App, HostnameRecord, Org};
+use certplane_store::{App, CertSource, CertificateRecord, HostnameRecord, NewCertificate, Org};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -47,7 +47,9 @@ fn status_detail(record: &HostnameRecord, report: Option<&CheckReport>) -> Strin
     match (record.status, report) {
         (CertificateStatus::PendingOwnership, None) => "Waiting for the first DNS check, which runs within seconds of adding the hostname: set the AAAA record or the ownership TXT record from dns_requirements.".into(),
         (CertificateStatus::PendingOwnership, Some(_)) => "Ownership is not verified yet: no DNS record proves that this hostname belongs to the app. See validation_errors; the platform re-checks by itself with back-off, or run `certplane certs check`.".into(),
-        (CertificateStatus::PendingValidation, _) => "Ownership is verified. ACME issuance is not supported yet by this version of certplane, so no certificate is requested yet.".into(),
+        (CertificateStatus::PendingValidation, _) => "Ownership is verified. ACME issuance is not supported yet by this version of certplane, so no certificate is requested yet; an imported certificate would be served.".into(),
+        (CertificateStatus::Active, _) => "A certificate is active: see `served` for which one the edges serve.".into(),
+        (CertificateStatus::Expired, _) => "Every certificate of this hostname has expired: import a renewed one.".into(),
         (other, _) => format!("The hostname is {other}."),
     }
 }
@@ -82,12 +84,159 @@ pub fn summary(record: &HostnameRecord) -> CertificateSummary {
     }
 }
 
+/// Days before expiry at which a certificate is flagged.
+const EXPIRY_WARNINGS: [i64; 3] = [1, 7, 30];
+
+/// The stored import warnings of a certificate.
+#[derive(serde::Deserialize)]
+struct StoredWarning {
+    code: String,
+    message: String,
+}
+
+fn cert_status(verified: bool, cert: &NewCertificate, now: i64) -> &'static str {
+    if now >= cert.not_after {
+        "expired"
+    } else if now < cert.not_before {
+        "not_yet_valid"
+    } else if !verified {
+        "pending_ownership"
+    } else {
+        "active"
+    }
+}
+
+fn cert_warnings(cert: &NewCertificate, now: i64) -> Vec<Warning> {
+    let mut warnings: Vec<Warning> = serde_json::from_str::<Vec<StoredWarning>>(&cert.warnings)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| Warning {
+            remediation: import_warning_remediation(&w.code).into(),
+            code: w.code,
+            message: w.message,
+        })
+        .collect();
+    let left = cert.not_after - now;
+    if left > 0
+        && let Some(days) = EXPIRY_WARNINGS.iter().find(|&&d| left <= d * 86_400)
+    {
+        let renew = match cert.source {
+            CertSource::Custom => {
+                "Import a renewed certificate (`certplane certs import`); until then the ACME certificate, if any, takes over when this one expires."
+            }
+            CertSource::Acme => {
+                "The platform renews ACME certificates by itself; check validation_errors if it does not."
+            }
+        };
+        warnings.push(Warning {
+            code: "CERTIFICATE_EXPIRING".into(),
+            message: format!(
+                "the {} certificate expires within {days} day{} ({})",
+                cert.source.as_str(),
+                if *days == 1 { "" } else { "s" },
+                timestamp(cert.not_after)
+            ),
+            remediation: renew.into(),
+        });
+    }
+    warnings
+}
+
+fn import_warning_remediation(code: &str) -> &'static str {
+    match code {
+        "CHAIN_UNTRUSTED" => {
+            "Nothing to do behind a CDN that trusts this CA (an origin CA); browsers reaching the platform directly will not trust it."
+        }
+        "CHAIN_INCOMPLETE" => {
+            "Import the full chain: your certificate followed by its intermediate certificates."
+        }
+        "ROOT_DROPPED" => "Nothing to do: the root was left out, as clients already have it.",
+        "CHAIN_REORDERED" => {
+            "Nothing to do: the chain was put in order (certificate first, then its issuers)."
+        }
+        _ => "",
+    }
+}
+
+/// The hostname's certificates as entries, which one is served, and their warnings.
+fn certificate_entries(
+    record: &HostnameRecord,
+    certs: &[CertificateRecord],
+    now: i64,
+) -> (Vec<CertificateEntry>, Option<String>, Vec<Warning>) {
+    let verified = record.ownership_verified;
+    let usable =
+        |c: &&CertificateRecord| verified && cert_status(verified, &c.cert, now) == "active";
+    let custom: Vec<&CertificateRecord> = certs
+        .iter()
+        .filter(|c| c.cert.source == CertSource::Custom)
+        .collect();
+    let acme: Vec<&CertificateRecord> = certs
+        .iter()
+        .filter(|c| c.cert.source == CertSource::Acme)
+        .collect();
+    let custom_ok = custom.iter().any(usable);
+    let acme_ok = acme.iter().any(usable);
+    let served = if custom_ok {
+        Some(CertSource::Custom)
+    } else if acme_ok {
+        Some(CertSource::Acme)
+    } else {
+        None
+    };
+    let mut entries = Vec::new();
+    let mut warnings = Vec::new();
+    for (source, group, ok) in [
+        (CertSource::Custom, &custom, custom_ok),
+        (CertSource::Acme, &acme, acme_ok),
+    ] {
+        let Some(first) = group.first() else { continue };
+        let role = match (served, ok) {
+            (Some(s), true) if s == source => "primary",
+            (Some(_), true) => "fallback",
+            _ => "inactive",
+        };
+        let expires = group
+            .iter()
+            .map(|c| c.cert.not_after)
+            .min()
+            .unwrap_or(first.cert.not_after);
+        let entry_warnings: Vec<Warning> = group
+            .iter()
+            .flat_map(|c| cert_warnings(&c.cert, now))
+            .collect();
+        warnings.extend(entry_warnings.iter().cloned());
+        entries.push(CertificateEntry {
+            source: source.as_str().into(),
+            status: cert_status(verified, &first.cert, now).into(),
+            role: role.into(),
+            created_at: timestamp(first.created_at),
+            not_before: timestamp(first.cert.not_before),
+            expires_at: timestamp(expires),
+            issuer: first.cert.issuer.clone(),
+            fingerprint: first.cert.fingerprint.clone(),
+            issued: group
+                .iter()
+                .map(|c| IssuedKey {
+                    key_type: c.cert.key_type.clone(),
+                    expires_at: timestamp(c.cert.not_after),
+                })
+                .collect(),
+            warnings: entry_warnings,
+        });
+    }
+    (entries, served.map(|s| s.as_str().to_owned()), warnings)
+}
+
 pub fn detail(
     platform: &PlatformSettings,
     org: &Org,
     app: &App,
     record: &HostnameRecord,
+    certs: &[CertificateRecord],
 ) -> CertificateDetail {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (certificates, served, warnings) = certificate_entries(record, certs, now);
     let report = report(record);
     let validation = report
         .as_ref()
@@ -123,7 +272,9 @@ pub fn detail(
         is_wildcard: record.hostname.is_wildcard(),
         is_apex: record.hostname.is_apex(),
         rate_limited_until: None,
-        certificates: Vec::new(),
+        certificates,
+        served,
+        warnings,
         validation,
         dns_requirements: DnsRequirements::new(
             platform,

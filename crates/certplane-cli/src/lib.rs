@@ -278,6 +278,22 @@ async fn certs(
                 detail.hostname,
                 detail.status.as_str()
             )?;
+            for w in &detail.warnings {
+                writeln!(
+                    out,
+                    "Warning {}: {}\n  -> {}",
+                    w.code, w.message, w.remediation
+                )?;
+            }
+            let next = match detail.served.as_deref() {
+                Some("custom") => "It is served now.".to_owned(),
+                _ if !detail.validation.ownership_verified => format!(
+                    "It is served once ownership is verified: see `certplane certs setup {} -a {}`.",
+                    detail.hostname, app.app
+                ),
+                _ => "It is not served: see `certplane certs show`.".to_owned(),
+            };
+            writeln!(out, "{next}")?;
         }
         CertsCommand::Check { hostname, app } => {
             let detail = client.check(&app.app, &hostname).await?;
@@ -440,9 +456,12 @@ fn show(detail: &CertificateDetail, out: &mut dyn Write, with_setup: bool) -> Re
             .certificates
             .iter()
             .map(|c| {
+                let types: Vec<&str> = c.issued.iter().map(|k| k.key_type.as_str()).collect();
                 vec![
                     c.source.clone(),
+                    c.role.clone(),
                     c.status.clone(),
+                    types.join("+"),
                     c.issuer.clone(),
                     c.expires_at.clone(),
                 ]
@@ -451,8 +470,18 @@ fn show(detail: &CertificateDetail, out: &mut dyn Write, with_setup: bool) -> Re
         writeln!(
             out,
             "{}",
-            table(&["SOURCE", "STATUS", "ISSUER", "EXPIRES"], &rows)
+            table(
+                &["SOURCE", "ROLE", "STATUS", "KEYS", "ISSUER", "EXPIRES"],
+                &rows
+            )
         )?;
+    }
+    if !detail.warnings.is_empty() {
+        writeln!(out, "Warnings:")?;
+        for w in &detail.warnings {
+            writeln!(out, "  {}: {}\n    -> {}", w.code, w.message, w.remediation)?;
+        }
+        writeln!(out)?;
     }
     if !detail.validation_errors.is_empty() {
         writeln!(out, "Problems:")?;

@@ -22,6 +22,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; empty means `sqlite://<data_dir>/certplane.db`.
     pub database_url: String,
+    /// The master key file that seals stored private keys; empty means
+    /// `<data_dir>/master-keys`. `CERTPLANE_MASTER_KEY` (base64 of 32 bytes) replaces the file.
+    pub master_key_file: PathBuf,
     pub api: ApiConfig,
     pub edge: EdgeConfig,
     pub dns: DnsConfig,
@@ -88,6 +91,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./data"),
             database_url: String::new(),
+            master_key_file: PathBuf::new(),
             api: ApiConfig::default(),
             edge: EdgeConfig::default(),
             dns: DnsConfig::default(),
@@ -183,6 +187,7 @@ const CLOUDFLARE_RANGES: &[&str] = &[
 pub const ENV_KEYS: &[(&str, &str, bool)] = &[
     ("", "data_dir", false),
     ("", "database_url", false),
+    ("", "master_key_file", false),
     ("api", "listen", false),
     ("edge", "https_listen", false),
     ("edge", "http_listen", false),
@@ -254,6 +259,15 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join("certplane.db").display())
         } else {
             self.database_url.clone()
+        }
+    }
+
+    /// The master key file in force.
+    pub fn master_key_file(&self) -> PathBuf {
+        if self.master_key_file.as_os_str().is_empty() {
+            self.data_dir.join("master-keys")
+        } else {
+            self.master_key_file.clone()
         }
     }
 

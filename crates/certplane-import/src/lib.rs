@@ -148,6 +148,17 @@ pub fn validate(
         }
     }
 
+    // Before linking: ring cannot verify SHA-1 signatures, so a weak one would look like a
+    // broken chain. A self-signed root's own signature is never checked by clients.
+    if let Some(weak) = parsed
+        .iter()
+        .find(|c| weak_signature(c) && !(is_ca(c) && is_self_issued(c)))
+    {
+        return Err(refuse(
+            ImportErrorKind::SignatureWeak,
+            format!("{} is signed with SHA-1 or MD5", describe(weak)),
+        ));
+    }
     let mut warnings = Vec::new();
     let order = chain_order(&parsed, &mut warnings)?;
     let mut ordered: Vec<usize> = order;
@@ -162,15 +173,6 @@ pub fn validate(
     let leaf = &parsed[ordered[0]];
 
     let key_type = key_type(leaf)?;
-    for &i in &ordered {
-        let cert = &parsed[i];
-        if weak_signature(cert) && !(i != ordered[0] && is_self_issued(cert)) {
-            return Err(refuse(
-                ImportErrorKind::SignatureWeak,
-                format!("{} is signed with SHA-1 or MD5", describe(cert)),
-            ));
-        }
-    }
     let sans = dns_sans(leaf);
     if sans.is_empty() {
         return Err(refuse(

@@ -15,9 +15,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use certplane_api::ApiDeps;
 use certplane_config::{Config, ConfigError};
 use certplane_domain::ApiToken;
 use certplane_ownership::{Checker, ResolverSetupError, Verifier};
+use certplane_secrets::{MasterKeys, SecretsError};
 use certplane_store::{SqlStore, Store, StoreError};
 use tokio::net::TcpListener;
 
@@ -62,7 +64,14 @@ pub async fn serve(
             let _ = stop.wait_for(|s| *s).await;
         }))
     });
-    let router = certplane_api::router(store, platform, verifier);
+    let keys = Arc::new(master_keys(&config)?);
+    tracing::info!(current = keys.current_id(), "master keys ready");
+    let router = certplane_api::router(ApiDeps {
+        store,
+        platform,
+        verifier,
+        keys,
+    });
     tracing::info!(
         background_checks = config.dns.background_checks,
         "API listening on http://{addr}"
@@ -89,6 +98,49 @@ fn create_data_dir(dir: &Path) -> Result<(), ServerError> {
             path: dir.to_owned(),
             source,
         })
+}
+
+/// The master keys: `CERTPLANE_MASTER_KEY` when set, else the key file (created on first
+/// start).
+pub fn master_keys(config: &Config) -> Result<MasterKeys, ServerError> {
+    match std::env::var("CERTPLANE_MASTER_KEY") {
+        Ok(value) => Ok(MasterKeys::from_env_value(&value)?),
+        Err(_) => Ok(MasterKeys::load_or_create(&config.master_key_file())?),
+    }
+}
+
+/// Seals every stored private key under a new master key, keeping the old keys in the file
+/// (backups sealed under them stay readable). Returns the new key's id and how many keys were
+/// re-sealed.
+pub async fn rotate_keys(config: &Config) -> Result<(String, usize), ServerError> {
+    create_data_dir(&config.data_dir)?;
+    let store = SqlStore::open(&config.database_url()).await?;
+    let mut keys = master_keys(config)?;
+    let new_id = keys.add_key()?;
+    let mut resealed = 0;
+    for record in store.all_certificates().await? {
+        let cert = &record.cert;
+        if cert.key_id == new_id {
+            continue;
+        }
+        let aad = record.sealing_context();
+        let opened = keys.open(
+            &certplane_secrets::Sealed {
+                key_id: cert.key_id.clone(),
+                blob: cert.key_sealed.clone(),
+            },
+            &aad,
+        )?;
+        let sealed = keys.seal(&opened, &aad)?;
+        if store
+            .reseal_key(record.id, &cert.key_id, &sealed.key_id, &sealed.blob)
+            .await?
+        {
+            resealed += 1;
+        }
+    }
+    store.close().await;
+    Ok((new_id, resealed))
 }
 
 /// Registers the token in `path` as an admin token, creating both on first start.
@@ -167,6 +219,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     #[error("cannot set up DNS lookups: {0}")]
     Resolver(ResolverSetupError),
     #[error("I/O error: {0}")]

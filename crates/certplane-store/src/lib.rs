@@ -24,7 +24,7 @@ use certplane_domain::{
 
 pub use records::{
     App, AppId, CertSource, CertificateRecord, CheckUpdate, HostnameRecord, NewCertificate, Org,
-    OrgId, Page, Principal, TokenKind,
+    OrgId, Page, Principal, TokenKind, sealing_context,
 };
 pub use sql::{Backend as SqlBackend, SqlStore};
 

@@ -151,6 +151,19 @@ pub struct CertificateRecord {
     pub created_at: i64,
 }
 
+/// What a stored private key is sealed to (the associated data of its encryption): its
+/// hostname, source and key type, so a sealed key moved to another row does not open.
+pub fn sealing_context(hostname: &Hostname, source: CertSource, key_type: &str) -> Vec<u8> {
+    format!("{hostname}|{}|{key_type}", source.as_str()).into_bytes()
+}
+
+impl CertificateRecord {
+    /// The associated data this record's key was sealed with.
+    pub fn sealing_context(&self) -> Vec<u8> {
+        sealing_context(&self.hostname, self.cert.source, &self.cert.key_type)
+    }
+}
+
 impl std::fmt::Debug for CertificateRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateRecord")

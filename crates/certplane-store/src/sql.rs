@@ -99,6 +99,38 @@ impl SqlStore {
         self.backend
     }
 
+    /// Every row of every table as PostgreSQL prints it (`bytea` as `\x` hex), followed by the
+    /// raw bytes of the sealed keys: for audits such as "no private key is stored in clear".
+    /// PostgreSQL only; SQLite's file can be read as it is.
+    pub async fn audit_dump(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        for table in [
+            "orgs",
+            "api_tokens",
+            "token_ledger",
+            "ipv6_ledger",
+            "apps",
+            "hostnames",
+            "certificates",
+        ] {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT CAST(t AS TEXT) FROM {table} t"))
+                    .fetch_all(&self.reader)
+                    .await?;
+            for row in rows {
+                out.extend_from_slice(row.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        let sealed: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key_sealed FROM certificates")
+            .fetch_all(&self.reader)
+            .await?;
+        for blob in sealed {
+            out.extend_from_slice(&blob);
+        }
+        Ok(out)
+    }
+
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         self.writer.close().await;

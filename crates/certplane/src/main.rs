@@ -52,12 +52,27 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Master keys that seal stored private keys (operator).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Orgs (admin).
     Orgs {
         #[command(subcommand)]
         command: OrgsCommand,
         #[command(flatten)]
         api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new master key and re-seal every stored private key under it. Run it where
+    /// `serve` runs (same config); old keys stay in the key file.
+    Rotate {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -84,6 +99,21 @@ fn main() -> ExitCode {
             ));
             match served {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { config },
+        } => {
+            let config = match Config::load(config.as_deref(), |k| std::env::var(k).ok()) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            match runtime.block_on(certplane_server::rotate_keys(&config)) {
+                Ok((id, count)) => {
+                    println!("New master key {id} is current; re-sealed {count} private key(s).");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => fail(&e.to_string()),
             }
         }

@@ -304,3 +304,122 @@ fn serve_runs_on_postgresql() {
     }
     certplane_test_support::drop_postgres_database(&admin_url, &name);
 }
+
+/// `certs import` with one file holding key and chain (either order), then `keys rotate`:
+/// every stored key re-sealed under the new master key and still the key of its certificate.
+#[test]
+fn import_from_one_file_then_rotate_master_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = certplane_test_support::pki::Pki::new();
+    let serve = Serve::start(dir.path(), &[]);
+    let token = admin_token(dir.path());
+    ok(&cli(&serve, &token, &["apps", "create", "shop"]));
+    let hosts = ["a.import.test", "b.import.test"];
+    for (i, host) in hosts.iter().enumerate() {
+        let (leaf, key) = pki.leaf(&[host], 90);
+        let chain = format!("{leaf}{}", pki.intermediate_pem());
+        let combined = if i == 0 {
+            format!("{key}{chain}")
+        } else {
+            format!("{chain}{key}")
+        };
+        let file = dir.path().join(format!("combined-{i}.pem"));
+        std::fs::write(&file, combined).expect("write");
+        let f = file.to_str().expect("utf-8 path");
+        let out = ok(&cli(
+            &serve,
+            &token,
+            &[
+                "certs",
+                "import",
+                host,
+                "-a",
+                "shop",
+                "--fullchain",
+                f,
+                "--private-key",
+                f,
+            ],
+        ));
+        assert!(
+            out.contains(&format!("Imported a certificate for {host}")),
+            "{out}"
+        );
+        assert!(
+            out.contains("CHAIN_UNTRUSTED"),
+            "the private test CA is flagged: {out}"
+        );
+    }
+    let shown = ok(&cli(
+        &serve,
+        &token,
+        &["certs", "show", hosts[0], "-a", "shop"],
+    ));
+    assert!(
+        shown.contains("SOURCE") && shown.contains("custom"),
+        "{shown}"
+    );
+    assert!(serve.terminate().success());
+
+    let out = Command::new(BIN)
+        .args(["keys", "rotate"])
+        .current_dir(dir.path())
+        .output()
+        .expect("runs");
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains("New master key k2 is current; re-sealed 2 private key(s)."),
+        "{stdout}"
+    );
+
+    let keys = certplane_secrets::MasterKeys::load_or_create(&dir.path().join("data/master-keys"))
+        .expect("keys");
+    assert_eq!(keys.ids(), vec!["k1", "k2"]);
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("data/certplane.db").display()
+    );
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let records = rt.block_on(async {
+        let store = certplane_store::SqlStore::open(&url).await.expect("store");
+        let all = certplane_store::Store::all_certificates(&store)
+            .await
+            .expect("certificates");
+        store.close().await;
+        all
+    });
+    assert_eq!(records.len(), 2);
+    for record in records {
+        assert_eq!(record.cert.key_id, "k2");
+        let sealed = certplane_secrets::Sealed {
+            key_id: record.cert.key_id.clone(),
+            blob: record.cert.key_sealed.clone(),
+        };
+        let key_pem = keys
+            .open(&sealed, &record.sealing_context())
+            .expect("opens under the new key");
+        let key_pem = String::from_utf8(key_pem.to_vec()).expect("PEM");
+        let bundle =
+            certplane_import::validate(&record.cert.chain_pem, &key_pem, &record.hostname, now())
+                .expect("the re-sealed key is still the certificate's key");
+        assert_eq!(bundle.fingerprint, record.cert.fingerprint);
+    }
+
+    // And the platform keeps working with the rotated keys.
+    let serve = Serve::start(dir.path(), &[]);
+    let out = ok(&cli(
+        &serve,
+        &token,
+        &["certs", "list", "-a", "shop", "--json"],
+    ));
+    assert!(
+        out.contains("a.import.test") && out.contains("b.import.test"),
+        "{out}"
+    );
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}

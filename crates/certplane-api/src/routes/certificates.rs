@@ -5,9 +5,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use certplane_api_types::{AddAcmeRequest, CertificateDetail, CertificateList, ErrorBody};
+use certplane_api_types::{
+    AddAcmeRequest, CertificateDetail, CertificateList, ErrorBody, ImportCustomRequest,
+};
 use certplane_domain::{DeleteScope, Hostname};
-use certplane_store::{App, DeleteOutcome, HostnameRecord, Principal};
+use certplane_store::{
+    App, CertSource, DeleteOutcome, HostnameRecord, NewCertificate, Principal, sealing_context,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -48,13 +52,20 @@ async fn load(
     Ok((app, record))
 }
 
-fn detail(
+async fn detail(
     state: &ApiState,
     principal: &Principal,
     app: &App,
     record: &HostnameRecord,
-) -> CertificateDetail {
-    present::detail(&state.platform, &principal.org, app, record)
+) -> Result<CertificateDetail, ApiError> {
+    let certs = state.store.certificates(app.id, &record.hostname).await?;
+    Ok(present::detail(
+        &state.platform,
+        &principal.org,
+        app,
+        record,
+        &certs,
+    ))
 }
 
 /// The app's hostnames in name order, a page at a time.
@@ -138,16 +149,7 @@ pub async fn add_acme(
 ) -> Result<(StatusCode, axum::Json<CertificateDetail>), ApiError> {
     let app = apps::load(&state, &principal, &app).await?;
     let hostname = Hostname::parse(&body.hostname)?;
-    for zone in [&state.platform.apps_domain, &state.platform.challenge_zone] {
-        if hostname.is_within(zone.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "HOSTNAME_RESERVED",
-                format!("{hostname} is inside the platform's own zone {zone}"),
-                "Add a hostname of a domain you registered; the platform's own names cannot be claimed.",
-            ));
-        }
-    }
+    refuse_reserved(&state, &hostname)?;
     let (record, created) = state.store.request_acme(app.id, &hostname).await?;
     if created {
         tracing::info!(%hostname, app = %app.name, "hostname added");
@@ -159,27 +161,106 @@ pub async fn add_acme(
     };
     Ok((
         status,
-        axum::Json(detail(&state, &principal, &app, &record)),
+        axum::Json(detail(&state, &principal, &app, &record).await?),
     ))
 }
 
-/// Imports a custom certificate. Not supported yet.
+/// Imports a custom certificate (and its key) for a hostname, adding the hostname to the app
+/// when it lacks it. A hostname that already has a custom certificate gets the new one in its
+/// place, atomically. It is served once ownership is verified, in preference to ACME.
 #[utoipa::path(post, path = "/v1/apps/{app}/certificates/custom", tag = "certificates",
     params(("app" = String, Path, description = "App name")),
+    request_body = ImportCustomRequest,
     security(("bearer" = [])),
     responses(
+        (status = 201, description = "Imported for a new hostname", body = CertificateDetail),
+        (status = 200, description = "Imported for a hostname the app had", body = CertificateDetail),
         (status = 404, description = "APP_NOT_FOUND", body = ErrorBody),
-        (status = 501, description = "NOT_SUPPORTED_YET", body = ErrorBody),
+        (status = 409, description = "HOSTNAME_TAKEN", body = ErrorBody),
+        (status = 422, description = "HOSTNAME_* codes, or why the certificate was refused: IMPORT_TOO_LARGE, CERT_MISSING, KEY_MISSING, PEM_INVALID, CERT_INVALID, KEY_INVALID, KEY_MULTIPLE, KEY_ENCRYPTED, KEY_MISMATCH, CERT_SAN_MISSING, CERT_HOSTNAME_MISMATCH, CERT_EXPIRED, CERT_NOT_YET_VALID, KEY_TOO_WEAK, KEY_UNSUPPORTED, SIGNATURE_WEAK, CERT_IS_CA, CHAIN_BROKEN, CERT_WRONG_USAGE", body = ErrorBody),
     ))]
 pub async fn import_custom(
     State(state): State<ApiState>,
     Auth(principal): Auth,
     Path(app): Path<String>,
-) -> Result<Response, ApiError> {
-    apps::load(&state, &principal, &app).await?;
-    Err(ApiError::not_supported_yet(
-        "importing a custom certificate",
+    Json(body): Json<ImportCustomRequest>,
+) -> Result<(StatusCode, axum::Json<CertificateDetail>), ApiError> {
+    let app = apps::load(&state, &principal, &app).await?;
+    let hostname = Hostname::parse(&body.hostname)?;
+    refuse_reserved(&state, &hostname)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let bundle = certplane_import::validate(&body.fullchain, &body.private_key, &hostname, now)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.code(),
+                e.message.clone(),
+                e.remediation(),
+            )
+        })?;
+    let key_type = bundle.key_type.as_str();
+    let key_pem = zeroize::Zeroizing::new(key_pem(bundle.key()));
+    let sealed = state
+        .keys
+        .seal(
+            key_pem.as_bytes(),
+            &sealing_context(&hostname, CertSource::Custom, key_type),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "sealing a private key failed");
+            ApiError::internal()
+        })?;
+    let warnings: Vec<serde_json::Value> = bundle
+        .warnings
+        .iter()
+        .map(|w| serde_json::json!({"code": w.kind.code(), "message": w.message}))
+        .collect();
+    let cert = NewCertificate {
+        source: CertSource::Custom,
+        key_type: key_type.to_owned(),
+        chain_pem: bundle.chain_pem(),
+        key_id: sealed.key_id,
+        key_sealed: sealed.blob,
+        not_before: bundle.not_before,
+        not_after: bundle.not_after,
+        issuer: bundle.issuer.clone(),
+        fingerprint: bundle.fingerprint.clone(),
+        warnings: serde_json::Value::from(warnings).to_string(),
+    };
+    let (record, created) = state.store.import_custom(app.id, &hostname, &cert).await?;
+    tracing::info!(%hostname, app = %app.name, fingerprint = %bundle.fingerprint, "custom certificate imported");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(detail(&state, &principal, &app, &record).await?),
     ))
+}
+
+fn key_pem(key: &rustls_pki_types::PrivateKeyDer<'_>) -> String {
+    let label = match key {
+        rustls_pki_types::PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+        rustls_pki_types::PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    };
+    certplane_import::pem(label, key.secret_der())
+}
+
+fn refuse_reserved(state: &ApiState, hostname: &Hostname) -> Result<(), ApiError> {
+    for zone in [&state.platform.apps_domain, &state.platform.challenge_zone] {
+        if hostname.is_within(zone.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "HOSTNAME_RESERVED",
+                format!("{hostname} is inside the platform's own zone {zone}"),
+                "Add a hostname of a domain you registered; the platform's own names cannot be claimed.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One hostname with its certificates, status and the DNS records to set.
@@ -199,7 +280,7 @@ pub async fn get_certificate(
     Path((app, hostname)): Path<(String, String)>,
 ) -> Result<axum::Json<CertificateDetail>, ApiError> {
     let (app, record) = load(&state, &principal, &app, &hostname).await?;
-    Ok(axum::Json(detail(&state, &principal, &app, &record)))
+    Ok(axum::Json(detail(&state, &principal, &app, &record).await?))
 }
 
 /// Runs the ownership and DNS checks for a hostname now and stores the result: the detail with
@@ -225,7 +306,7 @@ pub async fn check_certificate(
         .check_now(&principal.org, &app, &record)
         .await?
         .ok_or_else(|| ApiError::certificate_not_found(app.name.as_str(), &hostname))?;
-    Ok(axum::Json(detail(&state, &principal, &app, &record)))
+    Ok(axum::Json(detail(&state, &principal, &app, &record).await?))
 }
 
 /// Removes the hostname and every certificate on it.
@@ -324,7 +405,7 @@ async fn delete(
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         DeleteOutcome::Updated(record) => {
-            Ok(axum::Json(detail(state, principal, &app, &record)).into_response())
+            Ok(axum::Json(detail(state, principal, &app, &record).await?).into_response())
         }
     }
 }

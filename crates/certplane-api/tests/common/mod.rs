@@ -5,14 +5,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use certplane_api::ApiDeps;
 use certplane_domain::{ApiToken, Hostname, PlatformSettings};
 use certplane_ownership::{Checker, ProxyRanges, Verifier};
+use certplane_secrets::MasterKeys;
 use certplane_store::Store;
 use certplane_test_support::TestDb;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 pub struct TestApi {
+    store: Arc<dyn Store>,
+    pub keys: Arc<MasterKeys>,
+    _keys_dir: tempfile::TempDir,
     pub verifier: Arc<Verifier>,
     pub base: String,
     pub admin: String,
@@ -57,7 +62,17 @@ impl TestApi {
             Checker::new(nameservers, proxies, vec!["letsencrypt.org".into()]).expect("checker");
         let platform = Arc::new(platform());
         let verifier = Arc::new(Verifier::new(store.clone(), checker, platform.clone()));
-        let router = certplane_api::router(store, platform, verifier.clone());
+        let keys_dir = tempfile::tempdir().expect("tempdir");
+        let keys = Arc::new(
+            MasterKeys::load_or_create(&keys_dir.path().join("master-keys")).expect("master keys"),
+        );
+        let store_handle = store.clone();
+        let router = certplane_api::router(ApiDeps {
+            store,
+            platform,
+            verifier: verifier.clone(),
+            keys: keys.clone(),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -66,6 +81,9 @@ impl TestApi {
             axum::serve(listener, router).await.expect("serve");
         });
         Self {
+            store: store_handle,
+            keys,
+            _keys_dir: keys_dir,
             verifier,
             base: format!("http://{addr}"),
             admin: admin.expose().to_owned(),
@@ -77,6 +95,10 @@ impl TestApi {
 
     pub async fn start(db: TestDb) -> Self {
         Self::start_with_dns(db, &[SocketAddr::from(([127, 0, 0, 1], 9))]).await
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     pub async fn sqlite() -> Self {
