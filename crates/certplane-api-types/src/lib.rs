@@ -223,8 +223,8 @@ pub struct Validation {
     pub http_configured: bool,
     pub ownership_txt_configured: bool,
     pub ownership_verified: bool,
-    /// Whether CAA lets the platform's CA issue.
-    pub caa_permits: bool,
+    /// Whether CAA lets the platform's CA issue; absent before the first check.
+    pub caa_permits: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

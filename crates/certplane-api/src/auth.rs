@@ -29,7 +29,11 @@ impl FromRequestParts<ApiState> for Auth {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| {
+                // RFC 7235: the scheme is case-insensitive.
+                let (scheme, token) = h.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthenticated("the Authorization header is not 'Bearer TOKEN'"))?;

@@ -121,6 +121,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(routes::certificates::delete_acme))
         .routes(routes!(routes::certificates::delete_custom))
         .routes(routes!(routes::edges::list_edges))
+        .routes(routes!(routes::edges::create_edge_token))
 }
 
 /// The OpenAPI document of every route [`router`] serves.

@@ -45,6 +45,7 @@ pub fn app(platform: &PlatformSettings, org: &Org, app: &App) -> AppResponse {
 
 fn status_detail(record: &HostnameRecord, report: Option<&CheckReport>) -> String {
     match (record.status, report) {
+        (CertificateStatus::PendingOwnership, None) if record.hostname.is_wildcard() => "Waiting for the first DNS check, which runs within seconds of adding the hostname: a wildcard is proven only by the ownership TXT record of its base name (or the _acme-challenge delegation) from dns_requirements.".into(),
         (CertificateStatus::PendingOwnership, None) => "Waiting for the first DNS check, which runs within seconds of adding the hostname: set the AAAA record or the ownership TXT record from dns_requirements.".into(),
         (CertificateStatus::PendingOwnership, Some(_)) => "Ownership is not verified yet: no DNS record proves that this hostname belongs to the app. See validation_errors; the platform re-checks by itself with back-off, or run `certplane certs check`.".into(),
         (CertificateStatus::PendingValidation, _) => "Ownership is verified. ACME issuance is not supported yet by this version of certplane, so no certificate is requested yet; an imported certificate would be served.".into(),
@@ -246,7 +247,7 @@ pub fn detail(
             http_configured: r.http_configured,
             ownership_txt_configured: r.ownership_txt_configured,
             ownership_verified: record.ownership_verified,
-            caa_permits: r.caa_permits,
+            caa_permits: Some(r.caa_permits),
         });
     let validation_errors = report
         .as_ref()

@@ -29,6 +29,7 @@ const SERVED: &[(&str, &str)] = &[
     ("delete", "/v1/apps/{app}/certificates/{hostname}/acme"),
     ("delete", "/v1/apps/{app}/certificates/{hostname}/custom"),
     ("get", "/v1/edges"),
+    ("post", "/v1/edges/tokens"),
 ];
 
 fn documented_operations(doc: &Value) -> BTreeSet<(String, String)> {
@@ -140,7 +141,9 @@ async fn tenant_isolation(api: TestApi) {
         let (status, body) = api.send(method(&m), &on_a, Some(&b), body).await;
         let expected: (StatusCode, &str) = match (m.as_str(), path.as_str()) {
             (_, "/v1/health") | (_, "/v1/openapi.json") => (StatusCode::OK, "<no error code>"),
-            (_, "/v1/orgs") | (_, "/v1/edges") => (StatusCode::FORBIDDEN, "ADMIN_ONLY"),
+            (_, "/v1/orgs") | (_, "/v1/edges") | (_, "/v1/edges/tokens") => {
+                (StatusCode::FORBIDDEN, "ADMIN_ONLY")
+            }
             ("get", "/v1/apps") => {
                 assert_eq!(status, StatusCode::OK);
                 let names: Vec<&str> = body["apps"]

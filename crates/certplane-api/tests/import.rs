@@ -344,7 +344,7 @@ async fn stored_keys_are_sealed_in_sqlite_and_postgresql() {
             all.extend(std::fs::read(format!("{path}-wal")).unwrap_or_default());
             all
         } else {
-            let mut dump = sql.audit_dump().await.expect("dump");
+            let dump = sql.audit_dump().await.expect("dump");
             let hex: String = key_der.iter().map(|b| format!("{b:02x}")).collect();
             assert!(
                 !contains(&dump, hex.as_bytes()),

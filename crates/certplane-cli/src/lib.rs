@@ -133,7 +133,12 @@ pub enum AppsCommand {
 #[derive(Debug, Clone, Subcommand)]
 pub enum OrgsCommand {
     /// Create an org (admin token) and print its API token, once.
-    Create { name: String },
+    Create {
+        name: String,
+        /// Print only the new org's API token (for `export CERTPLANE_TOKEN=$(…)`).
+        #[arg(long)]
+        token_only: bool,
+    },
 }
 
 /// Which customer command to run.
@@ -618,10 +623,14 @@ async fn orgs(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     match command {
-        OrgsCommand::Create { name } => {
+        OrgsCommand::Create { name, token_only } => {
             let org = client.create_org(&name).await?;
             if json {
                 return print_json(out, &org);
+            }
+            if token_only {
+                writeln!(out, "{}", org.token)?;
+                return Ok(());
             }
             writeln!(out, "Created org {} ({}).", org.name, org.slug)?;
             writeln!(out, "API token (shown once, keep it safe): {}", org.token)?;

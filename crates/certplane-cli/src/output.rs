@@ -37,9 +37,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The records a customer sets for this hostname, as numbered options.
 pub fn dns_records(detail: &CertificateDetail) -> String {
+    if detail.is_wildcard {
+        return wildcard_records(detail);
+    }
     let req = &detail.dns_requirements;
     let host = &detail.hostname;
-    let row = |t: &str, name: &str, value: String| vec![t.to_owned(), name.to_owned(), value];
     let mut out = format!("DNS records for {host}:\n\n");
     let _ = writeln!(
         out,
@@ -49,9 +51,16 @@ pub fn dns_records(detail: &CertificateDetail) -> String {
     traffic.extend(req.a.iter().map(|a| row("A", host, a.to_string())));
     traffic.extend(req.aaaa.iter().map(|a| row("AAAA", host, a.to_string())));
     records(&mut out, &traffic);
+    let _ = writeln!(
+        out,
+        "     (the AAAA record also proves that the name is yours)"
+    );
     let mut n = 2;
     if let Some(cname) = &req.cname {
-        let _ = writeln!(out, "\n  {n}. Or, instead of A/AAAA: a CNAME");
+        let _ = writeln!(
+            out,
+            "\n  {n}. Or, instead of A/AAAA: a CNAME (it proves ownership too)"
+        );
         records(&mut out, &[row("CNAME", host, cname.clone())]);
         n += 1;
     }
@@ -59,21 +68,64 @@ pub fn dns_records(detail: &CertificateDetail) -> String {
         out,
         "\n  {n}. Ownership proof when the AAAA record cannot point at the app (a CDN or proxy in front): TXT"
     );
-    let value = format!("\"{}\"", req.ownership.app_value);
-    records(&mut out, &[row("TXT", &req.ownership.name, value)]);
+    ownership_txt(&mut out, detail);
+    let _ = writeln!(
+        out,
+        "\n  {}. Optional, for DNS-01 validation (when HTTP and TLS cannot reach the platform): delegate the ACME challenge",
+        n + 1
+    );
+    challenge(&mut out, detail);
+    out
+}
+
+/// A wildcard is proven only by its base name's TXT record (or the challenge delegation), and
+/// its certificate needs DNS-01: those records come first and are required.
+fn wildcard_records(detail: &CertificateDetail) -> String {
+    let req = &detail.dns_requirements;
+    let host = &detail.hostname;
+    let mut out = format!("DNS records for {host}:\n\n");
+    let _ = writeln!(
+        out,
+        "  1. Required: prove ownership of the wildcard with a TXT record on its base name"
+    );
+    ownership_txt(&mut out, detail);
+    let _ = writeln!(
+        out,
+        "\n  2. Required: delegate the ACME challenge (wildcard certificates are validated by DNS-01 only)"
+    );
+    challenge(&mut out, detail);
+    let _ = writeln!(out, "\n  3. Point the names at the app: A and AAAA");
+    let mut traffic: Vec<Vec<String>> = Vec::new();
+    traffic.extend(req.a.iter().map(|a| row("A", host, a.to_string())));
+    traffic.extend(req.aaaa.iter().map(|a| row("AAAA", host, a.to_string())));
+    records(&mut out, &traffic);
+    if let Some(cname) = &req.cname {
+        let _ = writeln!(out, "     or a CNAME instead:");
+        records(&mut out, &[row("CNAME", host, cname.clone())]);
+    }
+    out
+}
+
+fn row(t: &str, name: &str, value: String) -> Vec<String> {
+    vec![t.to_owned(), name.to_owned(), value]
+}
+
+fn ownership_txt(out: &mut String, detail: &CertificateDetail) {
+    let own = &detail.dns_requirements.ownership;
+    records(
+        out,
+        &[row("TXT", &own.name, format!("\"{}\"", own.app_value))],
+    );
     let _ = writeln!(
         out,
         "     (\"{}\" works too, for every app of your org; several values may share the record, separated by ';')",
-        req.ownership.org_value
+        own.org_value
     );
-    let _ = writeln!(
-        out,
-        "\n  {}. Optional, for DNS-01 validation (required for wildcards): delegate the ACME challenge",
-        n + 1
-    );
-    let target = req.acme_challenge.target.clone();
-    records(&mut out, &[row("CNAME", &req.acme_challenge.name, target)]);
-    out
+}
+
+fn challenge(out: &mut String, detail: &CertificateDetail) {
+    let c = &detail.dns_requirements.acme_challenge;
+    records(out, &[row("CNAME", &c.name, c.target.clone())]);
 }
 
 fn records(out: &mut String, rows: &[Vec<String>]) {

@@ -90,7 +90,13 @@ impl Client {
             Err(_) => Err(ClientError::Api {
                 status: status.as_u16(),
                 code: format!("HTTP_{}", status.as_u16()),
-                message: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                message: String::from_utf8_lossy(&bytes)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(200)
+                    .collect(),
                 remediation: "Check --api-url: it must point at a certplane API.".into(),
             }),
         }

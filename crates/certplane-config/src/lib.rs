@@ -182,29 +182,39 @@ const CLOUDFLARE_RANGES: &[&str] = &[
     "2c0f:f248::/32",
 ];
 
-/// The keys an environment variable can override, and whether each is a list.
+/// How an environment variable's text becomes a configuration value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvKind {
+    Text,
+    /// Comma-separated.
+    List,
+    /// `true` or `false`.
+    Bool,
+}
+
+/// The keys an environment variable can override, and how each variable's text is read.
 /// `("api", "listen")` is `CERTPLANE_API_LISTEN`; a top-level key has section `""`.
-pub const ENV_KEYS: &[(&str, &str, bool)] = &[
-    ("", "data_dir", false),
-    ("", "database_url", false),
-    ("", "master_key_file", false),
-    ("api", "listen", false),
-    ("edge", "https_listen", false),
-    ("edge", "http_listen", false),
-    ("dns", "listen", false),
-    ("dns", "nameservers", true),
-    ("dns", "proxy_ranges", true),
-    ("dns", "background_checks", false),
-    ("acme", "directory_url", false),
-    ("acme", "ca_root_file", false),
-    ("acme", "contact", true),
-    ("acme", "caa_identities", true),
-    ("platform", "name", false),
-    ("platform", "apps_domain", false),
-    ("platform", "challenge_zone", false),
-    ("platform", "ipv6_prefix", false),
-    ("platform", "shared_ipv4", true),
-    ("platform", "dedicated_ipv4_pool", true),
+pub const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
+    ("", "data_dir", EnvKind::Text),
+    ("", "database_url", EnvKind::Text),
+    ("", "master_key_file", EnvKind::Text),
+    ("api", "listen", EnvKind::Text),
+    ("edge", "https_listen", EnvKind::Text),
+    ("edge", "http_listen", EnvKind::Text),
+    ("dns", "listen", EnvKind::Text),
+    ("dns", "nameservers", EnvKind::List),
+    ("dns", "proxy_ranges", EnvKind::List),
+    ("dns", "background_checks", EnvKind::Bool),
+    ("acme", "directory_url", EnvKind::Text),
+    ("acme", "ca_root_file", EnvKind::Text),
+    ("acme", "contact", EnvKind::List),
+    ("acme", "caa_identities", EnvKind::List),
+    ("platform", "name", EnvKind::Text),
+    ("platform", "apps_domain", EnvKind::Text),
+    ("platform", "challenge_zone", EnvKind::Text),
+    ("platform", "ipv6_prefix", EnvKind::Text),
+    ("platform", "shared_ipv4", EnvKind::List),
+    ("platform", "dedicated_ipv4_pool", EnvKind::List),
 ];
 
 /// The environment variable that overrides `section.key`.
@@ -250,6 +260,17 @@ impl Config {
             })?;
         config.platform_settings()?;
         config.proxy_ranges()?;
+        if config
+            .acme
+            .caa_identities
+            .iter()
+            .all(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "acme.caa_identities".into(),
+                message: "must name the CA's CAA identifier, e.g. [\"letsencrypt.org\"]".into(),
+            });
+        }
         Ok(config)
     }
 
@@ -345,22 +366,28 @@ fn apply_env(
     table: &mut toml::Table,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
-    for &(section, key, is_list) in ENV_KEYS {
+    for &(section, key, kind) in ENV_KEYS {
         let var = env_var_name(section, key);
         let Some(raw) = env(&var) else { continue };
-        let value = if is_list {
-            toml::Value::Array(
+        let value = match kind {
+            EnvKind::List => toml::Value::Array(
                 raw.split(',')
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .map(|s| toml::Value::String(s.to_owned()))
                     .collect(),
-            )
-        } else if let Ok(flag) = raw.parse::<bool>() {
-            // Only boolean keys take "true"/"false"; a string key given one fails its type check.
-            toml::Value::Boolean(flag)
-        } else {
-            toml::Value::String(raw)
+            ),
+            EnvKind::Bool => match raw.trim() {
+                "true" | "1" => toml::Value::Boolean(true),
+                "false" | "0" => toml::Value::Boolean(false),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: var,
+                        message: "must be true or false".into(),
+                    });
+                }
+            },
+            EnvKind::Text => toml::Value::String(raw),
         };
         let target = if section.is_empty() {
             &mut *table
@@ -442,12 +469,15 @@ mod tests {
                 ("CERTPLANE_API_LISTEN", "127.0.0.1:6000"),
                 ("CERTPLANE_PLATFORM_SHARED_IPV4", "192.0.2.1, 192.0.2.2"),
                 ("CERTPLANE_DATABASE_URL", "postgres://u@h/db"),
+                ("CERTPLANE_PLATFORM_NAME", "true"),
+                ("CERTPLANE_DNS_BACKGROUND_CHECKS", "false"),
             ],
         )
         .expect("loads");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:6000");
-        assert_eq!(c.platform.name, "acme");
+        assert_eq!(c.platform.name, "true", "a text key takes 'true' as text");
+        assert!(!c.dns.background_checks);
         assert_eq!(c.platform.shared_ipv4.len(), 2);
         assert_eq!(c.database_url(), "postgres://u@h/db");
     }

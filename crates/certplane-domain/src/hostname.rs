@@ -75,6 +75,21 @@ impl Hostname {
         })
     }
 
+    /// A hostname read back from storage, where it was stored after [`parse`](Self::parse).
+    /// Not re-checked against the public suffix list: a list update must not make stored names
+    /// unreadable (they stay listable, checkable and deletable).
+    pub fn from_stored(name: &str) -> Self {
+        let name = name.to_ascii_lowercase();
+        let wildcard = name.starts_with("*.");
+        let base = name.strip_prefix("*.").unwrap_or(&name);
+        let apex = !wildcard && psl::domain_str(base) == Some(base);
+        Self {
+            name,
+            wildcard,
+            apex,
+        }
+    }
+
     /// The name as text, `*.` included for a wildcard.
     pub fn as_str(&self) -> &str {
         &self.name
@@ -418,6 +433,16 @@ mod tests {
         assert!(h.is_within("shop.example.co.uk"));
         assert!(!h.is_within("ample.co.uk"));
         assert!(!h.is_within("x.shop.example.co.uk"));
+    }
+
+    #[test]
+    fn stored_names_are_taken_as_they_are() {
+        let h = Hostname::from_stored("*.shop.example.co.uk");
+        assert!(h.is_wildcard() && !h.is_apex());
+        assert_eq!(h, Hostname::parse("*.shop.example.co.uk").expect("valid"));
+        assert!(Hostname::from_stored("example.com").is_apex());
+        // A name a later public suffix list would refuse still reads back.
+        assert_eq!(Hostname::from_stored("co.uk").as_str(), "co.uk");
     }
 
     #[test]

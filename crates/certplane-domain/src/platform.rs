@@ -41,12 +41,14 @@ pub struct Ipv6Prefix {
 impl Ipv6Prefix {
     /// The longest prefix accepted: it must leave room for at least 65,535 apps.
     pub const MAX_LEN: u8 = 112;
+    /// The shortest prefix accepted: nobody is delegated more than a /16.
+    pub const MIN_LEN: u8 = 16;
 
     /// The `index`th address of the prefix (1-based: the all-zero subnet-router anycast
     /// address is never handed out), or `None` when the prefix has no such address.
     pub fn address(&self, index: u128) -> Option<Ipv6Addr> {
         let host_bits = 128 - u32::from(self.len);
-        if index == 0 || index >> host_bits != 0 {
+        if index == 0 || index.checked_shr(host_bits).unwrap_or(0) != 0 {
             return None;
         }
         Some(Ipv6Addr::from(u128::from(self.network) | index))
@@ -60,7 +62,9 @@ impl Ipv6Prefix {
 
     /// How many addresses [`address`](Self::address) can hand out.
     pub fn capacity(&self) -> u128 {
-        (1u128 << (128 - u32::from(self.len))) - 1
+        1u128
+            .checked_shl(128 - u32::from(self.len))
+            .map_or(u128::MAX, |n| n - 1)
     }
 }
 
@@ -73,6 +77,9 @@ impl FromStr for Ipv6Prefix {
         let len: u8 = len.parse().map_err(|_| PrefixError::Syntax)?;
         if len > Self::MAX_LEN {
             return Err(PrefixError::TooLong);
+        }
+        if len < Self::MIN_LEN {
+            return Err(PrefixError::TooShort);
         }
         let host_mask = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
         if u128::from(network) & host_mask != 0 {
@@ -98,6 +105,11 @@ pub enum PrefixError {
         Ipv6Prefix::MAX_LEN
     )]
     TooLong,
+    #[error(
+        "the prefix is shorter than /{}: use the prefix delegated to the platform",
+        Ipv6Prefix::MIN_LEN
+    )]
+    TooShort,
     #[error(
         "the prefix has bits set after its length; write the network address, e.g. 'fdaa::/48'"
     )]
@@ -140,6 +152,9 @@ mod tests {
             "fdaa::1/48".parse::<Ipv6Prefix>(),
             Err(PrefixError::HostBitsSet)
         );
-        assert!("::/0".parse::<Ipv6Prefix>().is_ok());
+        assert_eq!("::/0".parse::<Ipv6Prefix>(), Err(PrefixError::TooShort));
+        let wide: Ipv6Prefix = "fd00::/16".parse().expect("valid");
+        assert_eq!(wide.address(1 << 112), None);
+        assert!(wide.address((1 << 112) - 1).is_some());
     }
 }

@@ -78,7 +78,9 @@ impl Checker {
     }
 
     /// Looks everything up now and applies the rules.
-    pub async fn check(&self, expected: &Expected, now: i64) -> CheckReport {
+    ///
+    /// The flag says whether a failed lookup left ownership unknown rather than disproven.
+    pub async fn check(&self, expected: &Expected, now: i64) -> (CheckReport, bool) {
         let host = expected.hostname.as_str();
         let base = expected.hostname.base();
         let challenge = format!("_acme-challenge.{base}");
@@ -106,15 +108,26 @@ impl Checker {
             expected.hostname.is_wildcard(),
         );
         let mut findings = traffic.findings.clone();
-        if let Err(refusal) = &caa {
-            findings.push(Finding::new(
+        match (&caa, &observed.caa.failed) {
+            // A CAA lookup that failed is a DNS problem, not a CAA record to change.
+            (Err(refusal), Some(why)) => findings.push(Finding::new(
+                if why.starts_with("timeout") {
+                    "DNS_TIMEOUT"
+                } else {
+                    "DNS_VALIDATION_FAILED"
+                },
+                refusal.message.clone(),
+                refusal.remediation.clone(),
+            )),
+            (Err(refusal), None) => findings.push(Finding::new(
                 "CAA_RECORD_INVALID",
                 refusal.message.clone(),
                 refusal.remediation.clone(),
-            ));
+            )),
+            (Ok(()), _) => {}
         }
         findings.extend(ownership.findings.iter().cloned());
-        CheckReport {
+        let report = CheckReport {
             checked_at: now,
             ownership_verified: ownership.verified,
             proofs: ownership.proofs.clone(),
@@ -128,7 +141,8 @@ impl Checker {
             caa_permits: caa.is_ok(),
             dns_records: records(&observed),
             findings,
-        }
+        };
+        (report, ownership.inconclusive)
     }
 }
 

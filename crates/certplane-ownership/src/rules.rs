@@ -73,6 +73,9 @@ pub struct Ownership {
     /// Every record found that proves it (several may).
     pub proofs: Vec<Proof>,
     pub txt_configured: bool,
+    /// Not verified because a lookup that could have proven it failed (timeout, SERVFAIL): the
+    /// answer is "unknown", not "no".
+    pub inconclusive: bool,
     /// Why it is not verified; empty when it is.
     pub findings: Vec<Finding>,
 }
@@ -123,19 +126,17 @@ pub fn ownership(expected: &Expected, observed: &Observed) -> Ownership {
     }
 
     let txt = observed.ownership_txt.records();
-    let txt_configured = txt
-        .iter()
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .any(|v| v == expected.app_value || v == expected.org_value);
+    // Values as DNS provider forms store them: several per record separated by ';', and
+    // sometimes with the quotes the form asked for kept as part of the value.
+    let values = || {
+        txt.iter()
+            .flat_map(|v| v.split(';'))
+            .map(|v| v.trim().trim_matches('"').trim())
+    };
+    let txt_configured = values().any(|v| v == expected.app_value || v == expected.org_value);
     if txt_configured {
         proofs.push(Proof::OwnershipTxt);
-    } else if let Some(other) = txt
-        .iter()
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .find(|v| v.starts_with("app-") || v.starts_with("org-"))
-    {
+    } else if let Some(other) = values().find(|v| v.starts_with("app-") || v.starts_with("org-")) {
         findings.push(Finding::new(
             "DNS_RECORD_MISMATCH",
             format!(
@@ -158,6 +159,7 @@ pub fn ownership(expected: &Expected, observed: &Observed) -> Ownership {
     }
 
     let verified = !proofs.is_empty();
+    let mut inconclusive = false;
     if !verified {
         for (what, answer) in [
             ("the AAAA lookup", outcome(&observed.aaaa)),
@@ -167,10 +169,11 @@ pub fn ownership(expected: &Expected, observed: &Observed) -> Ownership {
                 outcome(&observed.acme_challenge_cname),
             ),
         ] {
-            if let Some(f) = lookup_failure(what, host, answer)
-                && !findings.iter().any(|x| x.code == f.code)
-            {
-                findings.push(f);
+            if let Some(f) = lookup_failure(what, host, answer) {
+                inconclusive = true;
+                if !findings.iter().any(|x| x.code == f.code) {
+                    findings.push(f);
+                }
             }
         }
         let how = if expected.hostname.is_wildcard() {
@@ -200,6 +203,7 @@ pub fn ownership(expected: &Expected, observed: &Observed) -> Ownership {
         verified,
         proofs,
         txt_configured,
+        inconclusive,
         findings,
     }
 }
@@ -288,8 +292,15 @@ pub fn traffic(
                 .map(|a| IpAddr::V6(*a)),
         )
         .collect();
+    // Another app's dedicated address: the platform's, but IPv6 clients (and the CA, which
+    // prefers IPv6) would reach the wrong app.
+    let other_app_v6: Vec<String> = v6
+        .iter()
+        .filter(|a| !ours_v6(a) && expected.platform_ipv6.contains(**a))
+        .map(ToString::to_string)
+        .collect();
     let any_ours = v4.iter().any(ours_v4) || v6.iter().any(ours_v6);
-    let configured = cname_ok || (any_ours && foreign.is_empty());
+    let configured = cname_ok || (any_ours && foreign.is_empty() && other_app_v6.is_empty());
     let provider = foreign.iter().find_map(|ip| {
         proxies
             .iter()
@@ -303,7 +314,16 @@ pub fn traffic(
         .iter()
         .any(|t| normalize_name(t) == expected.challenge_target);
     let mut findings = Vec::new();
-    if !configured && !is_proxied {
+    if !cname_ok && !other_app_v6.is_empty() {
+        findings.push(Finding::new(
+            "DNS_RECORD_MISMATCH",
+            format!(
+                "{host} has AAAA {}, the address of another app: IPv6 clients reach that app",
+                other_app_v6.join(", ")
+            ),
+            format!("Change the AAAA record of {host} to {}.", expected.app_ipv6),
+        ));
+    } else if !configured && !is_proxied {
         let none = v4.is_empty() && v6.is_empty() && observed.cname_chain.is_empty();
         if none && !observed.a.is_failure() && !observed.aaaa.is_failure() {
             findings.push(Finding::new(
@@ -540,6 +560,40 @@ mod tests {
                 "OWNERSHIP_NOT_VERIFIED"
             ]
         );
+    }
+
+    #[test]
+    fn another_apps_aaaa_beside_the_shared_a_is_not_configured() {
+        let e = expected("www.example.com");
+        let o = Observed {
+            a: Answer::Records(e.platform_ipv4.clone()),
+            aaaa: Answer::Records(vec!["fdaa::99".parse().expect("ip")]),
+            ..nothing()
+        };
+        let t = traffic(&e, &o, &ProxyRanges::new(), false);
+        assert!(!t.configured && !t.alpn_configured);
+        assert_eq!(codes(&t.findings), vec!["DNS_RECORD_MISMATCH"]);
+    }
+
+    #[test]
+    fn quoted_txt_values_prove() {
+        let e = expected("www.example.com");
+        let o = Observed {
+            ownership_txt: Answer::Records(vec!["\"app-tok123ab\"".into()]),
+            ..nothing()
+        };
+        assert_eq!(ownership(&e, &o).proofs, vec![Proof::OwnershipTxt]);
+    }
+
+    #[test]
+    fn failed_lookups_are_inconclusive_absent_records_are_not() {
+        let e = expected("www.example.com");
+        let o = Observed {
+            aaaa: Answer::Timeout,
+            ..nothing()
+        };
+        assert!(ownership(&e, &o).inconclusive);
+        assert!(!ownership(&e, &nothing()).inconclusive);
     }
 
     #[test]

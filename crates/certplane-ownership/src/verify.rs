@@ -17,6 +17,8 @@ const PENDING_FIRST: i64 = 5;
 const PENDING_MAX: i64 = 600;
 /// A verified name is re-checked this often (plus up to 10% jitter, so checks spread out).
 const VERIFIED_EVERY: i64 = 3600;
+/// A verified hostname whose re-check could not reach DNS is tried again this soon.
+const RETRY_INCONCLUSIVE: i64 = 60;
 /// Checks the background loop runs at once.
 const CONCURRENCY: usize = 8;
 
@@ -74,11 +76,16 @@ impl Verifier {
         record: &HostnameRecord,
     ) -> Result<Option<(HostnameRecord, CheckReport)>, StoreError> {
         let now = unix_now();
-        let mut report = self
+        let (mut report, inconclusive) = self
             .checker
             .check(&self.expected(org, app, record), now)
             .await;
-        if record.ownership_verified && !report.ownership_verified {
+        // A failed lookup is "unknown", not "gone": a verified hostname stays verified through a
+        // resolver outage and is re-checked soon; only a clear negative answer loses it.
+        let keep = record.ownership_verified && !report.ownership_verified && inconclusive;
+        if keep {
+            tracing::warn!(hostname = %record.hostname, app = %app.name, "ownership re-check inconclusive; keeping the verified state");
+        } else if record.ownership_verified && !report.ownership_verified {
             tracing::warn!(hostname = %record.hostname, app = %app.name, "ownership lost");
             report.findings.insert(
                 0,
@@ -92,17 +99,23 @@ impl Verifier {
                 ),
             );
         }
-        let failures = if report.ownership_verified {
+        let verified = report.ownership_verified || keep;
+        let failures = if verified {
             0
         } else {
             record.check_failures + 1
         };
+        let delay = if keep {
+            RETRY_INCONCLUSIVE
+        } else {
+            next_delay(verified, failures)
+        };
         let update = CheckUpdate {
-            verified: report.ownership_verified,
+            verified,
             configured: report.configured,
             report: serde_json::to_string(&report).unwrap_or_default(),
             checked_at: now,
-            next_check_at: now + next_delay(report.ownership_verified, failures),
+            next_check_at: now + delay,
             failures,
         };
         let stored = self

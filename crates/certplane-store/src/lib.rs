@@ -105,7 +105,8 @@ pub trait Store: Send + Sync + 'static {
         scope: DeleteScope,
     ) -> Result<DeleteOutcome, StoreError>;
 
-    /// Stores a check's result. The status follows ownership: a verified hostname waiting for
+    /// Stores a check's result, unless a check that started later already stored one (then the
+    /// current record is returned unchanged). The status follows ownership: a verified hostname waiting for
     /// ownership moves on to `pending_validation`; one that is no longer verified goes back to
     /// `pending_ownership`. `None` when the hostname is gone.
     async fn record_check(

@@ -278,7 +278,7 @@ fn hostname_from_row(row: &AnyRow) -> Result<HostnameRecord, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(HostnameRecord {
         app_id: AppId(row.try_get("app_id")?),
-        hostname: Hostname::parse(&hostname).map_err(|_| corrupt("hostname", &hostname))?,
+        hostname: Hostname::from_stored(&hostname),
         acme_requested: row.try_get::<i64, _>("acme_requested")? != 0,
         status: CertificateStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         created_at: row.try_get("created_at")?,
@@ -374,7 +374,7 @@ fn certificate_from_row(row: &AnyRow) -> Result<CertificateRecord, StoreError> {
     let source: String = row.try_get("source")?;
     Ok(CertificateRecord {
         id: row.try_get("id")?,
-        hostname: Hostname::parse(&hostname).map_err(|_| corrupt("hostname", &hostname))?,
+        hostname: Hostname::from_stored(&hostname),
         cert: NewCertificate {
             source: CertSource::parse(&source)
                 .ok_or_else(|| corrupt("certificate source", &source))?,
@@ -553,19 +553,33 @@ async fn free_ipv4(conn: &mut AnyConnection, pool: &[Ipv4Addr]) -> Result<Ipv4Ad
 #[async_trait]
 impl Store for SqlStore {
     async fn bootstrap_admin(&self, token: &TokenHash) -> Result<Org, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let existing = sqlx::query(&format!(
-            "SELECT {ORG_COLUMNS} FROM orgs o WHERE o.is_admin = 1 ORDER BY o.id LIMIT 1"
-        ))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let org = match existing {
-            Some(row) => org_from_row(&row)?,
-            None => insert_org(&mut tx, "Platform admin", "admin", true).await?,
-        };
-        insert_api_token(&mut tx, org.id, token, TokenKind::Admin).await?;
-        tx.commit().await?;
-        Ok(org)
+        let mut retried = false;
+        loop {
+            let mut tx = self.writer.begin().await?;
+            let existing = sqlx::query(&format!(
+                "SELECT {ORG_COLUMNS} FROM orgs o WHERE o.is_admin = 1 ORDER BY o.id LIMIT 1"
+            ))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let org = match existing {
+                Some(row) => org_from_row(&row)?,
+                None => match insert_org(&mut tx, "Platform admin", "admin", true).await {
+                    Ok(org) => org,
+                    // Another node's first start created it at the same moment: use that one (the
+                    // second attempt finds it; a customer org can never hold the slug, as only the
+                    // admin creates orgs).
+                    Err(StoreError::OrgTaken) if !retried => {
+                        drop(tx);
+                        retried = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            insert_api_token(&mut tx, org.id, token, TokenKind::Admin).await?;
+            tx.commit().await?;
+            return Ok(org);
+        }
     }
 
     async fn create_org(
@@ -734,7 +748,15 @@ impl Store for SqlStore {
         .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => return Err(StoreError::HostnameTaken),
+            Err(e) if is_unique_violation(&e) => {
+                // A concurrent claim won. If it was this same app's, the add is idempotent.
+                drop(tx);
+                let mut conn = self.reader.acquire().await?;
+                return match hostname_row(&mut conn, app, hostname).await? {
+                    Some(record) => Ok((record, false)),
+                    None => Err(StoreError::HostnameTaken),
+                };
+            }
             Err(e) => return Err(e.into()),
         }
         tx.commit().await?;
@@ -875,10 +897,10 @@ impl Store for SqlStore {
         } else {
             current.updated_at
         };
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE hostnames SET ownership_verified = $1, configured = $2, check_report = $3, \
              checked_at = $4, next_check_at = $5, check_failures = $6, updated_at = $7 \
-             WHERE app_id = $8 AND hostname = $9",
+             WHERE app_id = $8 AND hostname = $9 AND (checked_at IS NULL OR checked_at <= $4)",
         )
         .bind(i64::from(update.verified))
         .bind(i64::from(update.configured))
@@ -891,6 +913,10 @@ impl Store for SqlStore {
         .bind(hostname.as_str())
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() == 0 {
+            // A check that started later has already stored its result: this one is stale.
+            return Ok(Some(current));
+        }
         let record = refresh_status(&mut tx, app, hostname, update.checked_at).await?;
         tx.commit().await?;
         Ok(record)
@@ -908,7 +934,7 @@ impl Store for SqlStore {
         rows.iter()
             .map(|row| {
                 let name: String = row.try_get("hostname")?;
-                let hostname = Hostname::parse(&name).map_err(|_| corrupt("hostname", &name))?;
+                let hostname = Hostname::from_stored(&name);
                 Ok((AppId(row.try_get("app_id")?), hostname))
             })
             .collect()

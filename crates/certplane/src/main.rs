@@ -141,7 +141,9 @@ fn customer(
 }
 
 fn fail(reason: &str) -> ExitCode {
-    eprintln!("error: {reason}");
+    // The contract's one-line reason, whatever the message held.
+    let line: Vec<&str> = reason.split_whitespace().collect();
+    eprintln!("error: {}", line.join(" "));
     ExitCode::FAILURE
 }
 

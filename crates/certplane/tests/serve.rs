@@ -150,8 +150,13 @@ fn readme_quick_tour_works_as_printed() {
         .output()
         .expect("bash runs");
     let stdout = ok(&output);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("Org ") && l.ends_with(" acme-corp")),
+        "the app belongs to the new org, not the admin's:\n{stdout}"
+    );
     for expected in [
-        "Created org Acme Corp",
         "Created app web",
         "Added www.example.com to web",
         "_certplane-ownership.www.example.com",
@@ -196,6 +201,17 @@ fn first_start_creates_a_private_admin_token_and_restarts_keep_it() {
         &org_token,
         &["certs", "add", "www.keep.example", "-a", "keep"],
     ));
+    // A wildcard's setup puts its required records first.
+    let wild = ok(&cli(
+        &serve,
+        &org_token,
+        &["certs", "add", "*.keep.example", "-a", "keep"],
+    ));
+    assert!(
+        wild.contains("1. Required: prove ownership of the wildcard"),
+        "{wild}"
+    );
+    assert!(wild.contains("_certplane-ownership.keep.example"), "{wild}");
     assert!(serve.terminate().success());
 
     let serve = Serve::start(dir.path(), &[]);
@@ -207,8 +223,8 @@ fn first_start_creates_a_private_admin_token_and_restarts_keep_it() {
         &["certs", "list", "-a", "keep", "--json"],
     ));
     let list: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(list["total_count"], 1);
-    assert_eq!(list["certificates"][0]["hostname"], "www.keep.example");
+    assert_eq!(list["total_count"], 2);
+    assert_eq!(list["certificates"][1]["hostname"], "www.keep.example");
 }
 
 #[test]

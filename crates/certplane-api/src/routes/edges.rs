@@ -15,3 +15,14 @@ use crate::auth::Admin;
 pub async fn list_edges(_admin: Admin) -> ApiError {
     ApiError::not_supported_yet("listing edges")
 }
+
+/// Creates an edge token (for `certplane edge --token`). Not supported yet: edges come later.
+#[utoipa::path(post, path = "/v1/edges/tokens", tag = "meta",
+    security(("bearer" = [])),
+    responses(
+        (status = 403, description = "Not the admin token", body = ErrorBody),
+        (status = 501, description = "NOT_SUPPORTED_YET", body = ErrorBody),
+    ))]
+pub async fn create_edge_token(_admin: Admin) -> ApiError {
+    ApiError::not_supported_yet("edge tokens")
+}
