@@ -19,6 +19,8 @@ const PENDING_MAX: i64 = 600;
 const VERIFIED_EVERY: i64 = 3600;
 /// A verified hostname whose re-check could not reach DNS is tried again this soon.
 const RETRY_INCONCLUSIVE: i64 = 60;
+/// How long a claimed check is reserved for the node that claimed it.
+const CLAIM_LEASE: i64 = 300;
 /// Checks the background loop runs at once.
 const CONCURRENCY: usize = 8;
 
@@ -150,7 +152,11 @@ impl Verifier {
 
     /// Checks the hostnames due now, [`CONCURRENCY`] at a time; returns how many.
     pub async fn run_due(&self) -> Result<usize, StoreError> {
-        let due = self.store.due_checks(unix_now(), 64).await?;
+        let now = unix_now();
+        let due = self
+            .store
+            .claim_due_checks(now, 64, now + CLAIM_LEASE)
+            .await?;
         let count = due.len();
         let mut pending = due.into_iter();
         let mut running = tokio::task::JoinSet::new();

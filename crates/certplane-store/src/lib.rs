@@ -119,6 +119,16 @@ pub trait Store: Send + Sync + 'static {
     /// Hostnames whose next check is due at `now`, soonest first.
     async fn due_checks(&self, now: i64, limit: u32) -> Result<Vec<(AppId, Hostname)>, StoreError>;
 
+    /// Takes up to `limit` due hostnames for checking: their next check moves to `lease_until`,
+    /// so another control-plane node does not check them too (and a node that dies mid-check
+    /// leaves them to be taken again then). Rows other nodes are taking are skipped.
+    async fn claim_due_checks(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_until: i64,
+    ) -> Result<Vec<(AppId, Hostname)>, StoreError>;
+
     /// An app by id, whatever its org (for the background workers, never for API callers).
     async fn app_by_id(&self, app: AppId) -> Result<Option<App>, StoreError>;
 

@@ -940,6 +940,36 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn claim_due_checks(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_until: i64,
+    ) -> Result<Vec<(AppId, Hostname)>, StoreError> {
+        // SQLite has one writer, so the subquery cannot race; PostgreSQL skips rows another
+        // node's claim holds.
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let rows = sqlx::query(&format!(
+            "UPDATE hostnames SET next_check_at = $3 WHERE id IN \
+             (SELECT id FROM hostnames WHERE next_check_at <= $1 ORDER BY next_check_at LIMIT $2{lock}) \
+             RETURNING app_id, hostname"
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .bind(lease_until)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("hostname")?;
+                Ok((AppId(row.try_get("app_id")?), Hostname::from_stored(&name)))
+            })
+            .collect()
+    }
+
     async fn app_by_id(&self, app: AppId) -> Result<Option<App>, StoreError> {
         sqlx::query(&format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1"))
             .bind(app.0)

@@ -49,6 +49,7 @@ suite!(
     checks_move_status_and_schedule,
     dedicated_ipv4_addresses_are_recycled,
     custom_and_acme_certificates,
+    concurrent_claims_take_each_check_once,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -522,6 +523,31 @@ async fn checks_move_status_and_schedule(db: &TestDb) {
     assert_eq!((rec.checked_at, rec.next_check_at), (Some(1_000), 4_600));
     assert!(store.due_checks(4_599, 10).await.expect("due").is_empty());
     assert_eq!(store.due_checks(4_600, 10).await.expect("due").len(), 1);
+    // Claiming takes a due check once: a second claim (another node) gets nothing until the
+    // lease ends.
+    assert_eq!(
+        store
+            .claim_due_checks(4_600, 10, 4_900)
+            .await
+            .expect("claim"),
+        vec![(app.id, h.clone())]
+    );
+    assert!(
+        store
+            .claim_due_checks(4_600, 10, 4_900)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_due_checks(4_900, 10, 5_200)
+            .await
+            .expect("claim")
+            .len(),
+        1,
+        "taken again after the lease"
+    );
 
     // Ownership lost: back to pending_ownership, failures counted.
     let lost = CheckUpdate {
@@ -812,4 +838,34 @@ async fn custom_and_acme_certificates(db: &TestDb) {
             .expect("delete")
     );
     assert!(store.all_certificates().await.expect("all").is_empty());
+}
+
+async fn concurrent_claims_take_each_check_once(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Claims").await;
+    let app = store
+        .create_app(o.id, &app_name("claims"), &[], &prefix(), None)
+        .await
+        .expect("app");
+    for i in 0..40 {
+        store
+            .request_acme(app.id, &host(&format!("c{i}.claims.example")))
+            .await
+            .expect("add");
+    }
+    let nodes: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(
+                async move { store.claim_due_checks(100, 15, 1_000).await.expect("claim") },
+            )
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for node in nodes {
+        claimed.extend(node.await.expect("node"));
+    }
+    let unique: HashSet<_> = claimed.iter().map(|(_, h)| h.as_str().to_owned()).collect();
+    assert_eq!(unique.len(), claimed.len(), "a check was claimed twice");
+    assert_eq!(unique.len(), 40, "every due check was claimed");
 }
