@@ -159,6 +159,61 @@ async fn a_record_to_a_recycled_dedicated_ipv4_does_not_prove() {
 }
 
 #[tokio::test]
+async fn an_unverified_claim_gives_way_to_the_proven_owner_and_a_verified_one_does_not() {
+    let w = world().await;
+    let squatter = w.api.org("Squatter").await;
+    w.app_with(&squatter, "squat", "www.squatted.example").await;
+
+    // The owner cannot take it without proof...
+    let owner_app = w.api.app(&w.org, "owner").await;
+    let (status, body) = w.api.add(&w.org, "owner", "www.squatted.example").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let remediation = body["error"]["remediation"].as_str().expect("remediation");
+    assert!(
+        remediation.contains(owner_app["ownership_value"].as_str().expect("value")),
+        "{remediation}"
+    );
+    // ...and takes it with the TXT record the answer named.
+    w.dns
+        .add_txt(
+            "_certplane-ownership.www.squatted.example",
+            owner_app["ownership_value"].as_str().expect("value"),
+        )
+        .await;
+    let (status, body) = w.api.add(&w.org, "owner", "www.squatted.example").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = w
+        .api
+        .send(
+            Method::GET,
+            "/v1/apps/squat/certificates/www.squatted.example",
+            Some(&squatter),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the squatter's claim is gone"
+    );
+
+    // Once the owner's claim is verified, nobody takes it, proof or not.
+    assert_verified(
+        &w.check(&w.org, "owner", "www.squatted.example").await,
+        "ownership_txt",
+    );
+    let thief = w.api.app(&squatter, "thief").await;
+    w.dns
+        .add_txt(
+            "_certplane-ownership.www.squatted.example",
+            thief["ownership_value"].as_str().expect("value"),
+        )
+        .await;
+    let (status, _) = w.api.add(&squatter, "thief", "www.squatted.example").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
 async fn cname_to_the_bare_app_name_does_not_prove() {
     let w = world().await;
     w.app_with(&w.org, "shop", "www.bare-cname.example").await;

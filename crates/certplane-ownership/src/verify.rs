@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use certplane_domain::{PlatformSettings, app_ownership_value, cname_target, org_ownership_value};
+use certplane_domain::{
+    Hostname, PlatformSettings, app_ownership_value, cname_target, org_ownership_value,
+};
 use certplane_store::{App, CheckUpdate, HostnameRecord, Org, Store, StoreError};
 use rand::Rng;
 
@@ -68,6 +70,29 @@ impl Verifier {
             platform_ipv6: p.ipv6_prefix,
             ownership_record: p.ownership_record_name(base),
         }
+    }
+
+    /// Whether DNS proves, now, that `hostname` belongs to `app` (nothing is stored).
+    pub async fn proves(&self, org: &Org, app: &App, hostname: &Hostname) -> bool {
+        let record = HostnameRecord {
+            app_id: app.id,
+            hostname: hostname.clone(),
+            acme_requested: false,
+            status: certplane_domain::CertificateStatus::PendingOwnership,
+            created_at: 0,
+            updated_at: 0,
+            ownership_verified: false,
+            configured: false,
+            check_report: None,
+            checked_at: None,
+            next_check_at: 0,
+            check_failures: 0,
+        };
+        let (report, _) = self
+            .checker
+            .check(&self.expected(org, app, &record), unix_now())
+            .await;
+        report.ownership_verified
     }
 
     /// Checks `record` now, stores the result and returns the updated record with the report.

@@ -119,6 +119,11 @@ pub trait Store: Send + Sync + 'static {
     /// Hostnames whose next check is due at `now`, soonest first.
     async fn due_checks(&self, now: i64, limit: u32) -> Result<Vec<(AppId, Hostname)>, StoreError>;
 
+    /// Releases `hostname` from the app holding it when that app has not proven ownership, so
+    /// that `to` (which has) can claim it. `false` when the holder is verified, is `to`, or the
+    /// hostname is free.
+    async fn release_unverified(&self, hostname: &Hostname, to: AppId) -> Result<bool, StoreError>;
+
     /// Takes up to `limit` due hostnames for checking: their next check moves to `lease_until`,
     /// so another control-plane node does not check them too (and a node that dies mid-check
     /// leaves them to be taken again then). Rows other nodes are taking are skipped.

@@ -940,6 +940,34 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn release_unverified(&self, hostname: &Hostname, to: AppId) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let holder =
+            sqlx::query("SELECT app_id, ownership_verified FROM hostnames WHERE hostname = $1")
+                .bind(hostname.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(holder) = holder else {
+            return Ok(false);
+        };
+        let app_id: i64 = holder.try_get("app_id")?;
+        let verified: i64 = holder.try_get("ownership_verified")?;
+        if app_id == to.0 || verified != 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM certificates WHERE hostname = $1")
+            .bind(hostname.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM hostnames WHERE hostname = $1 AND ownership_verified = 0")
+            .bind(hostname.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(%hostname, from = app_id, to = to.0, "unverified claim released to an app that proved ownership");
+        Ok(true)
+    }
+
     async fn claim_due_checks(
         &self,
         now: i64,

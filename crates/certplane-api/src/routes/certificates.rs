@@ -10,7 +10,8 @@ use certplane_api_types::{
 };
 use certplane_domain::{DeleteScope, Hostname};
 use certplane_store::{
-    App, CertSource, DeleteOutcome, HostnameRecord, NewCertificate, Principal, sealing_context,
+    App, CertSource, DeleteOutcome, HostnameRecord, NewCertificate, Principal, StoreError,
+    sealing_context,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -150,7 +151,13 @@ pub async fn add_acme(
     let app = apps::load(&state, &principal, &app).await?;
     let hostname = Hostname::parse(&body.hostname)?;
     refuse_reserved(&state, &hostname)?;
-    let (record, created) = state.store.request_acme(app.id, &hostname).await?;
+    let (record, created) = match state.store.request_acme(app.id, &hostname).await {
+        Err(StoreError::HostnameTaken) => {
+            contest(&state, &principal, &app, &hostname).await?;
+            state.store.request_acme(app.id, &hostname).await?
+        }
+        other => other?,
+    };
     if created {
         tracing::info!(%hostname, app = %app.name, "hostname added");
     }
@@ -227,7 +234,13 @@ pub async fn import_custom(
         fingerprint: bundle.fingerprint.clone(),
         warnings: serde_json::Value::from(warnings).to_string(),
     };
-    let (record, created) = state.store.import_custom(app.id, &hostname, &cert).await?;
+    let (record, created) = match state.store.import_custom(app.id, &hostname, &cert).await {
+        Err(StoreError::HostnameTaken) => {
+            contest(&state, &principal, &app, &hostname).await?;
+            state.store.import_custom(app.id, &hostname, &cert).await?
+        }
+        other => other?,
+    };
     tracing::info!(%hostname, app = %app.name, fingerprint = %bundle.fingerprint, "custom certificate imported");
     let status = if created {
         StatusCode::CREATED
@@ -247,6 +260,32 @@ fn key_pem(key: &rustls_pki_types::PrivateKeyDer<'_>) -> String {
         _ => "PRIVATE KEY",
     };
     certplane_import::pem(label, key.secret_der())
+}
+
+/// Another app holds `hostname`. A claim nobody proved must not block the name's owner: when
+/// DNS proves now that the name belongs to `app`, an unverified claim gives way. Otherwise
+/// `HOSTNAME_TAKEN`, saying how to prove it.
+async fn contest(
+    state: &ApiState,
+    principal: &Principal,
+    app: &App,
+    hostname: &Hostname,
+) -> Result<(), ApiError> {
+    if state.verifier.proves(&principal.org, app, hostname).await
+        && state.store.release_unverified(hostname, app.id).await?
+    {
+        return Ok(());
+    }
+    let record = state.platform.ownership_record_name(hostname.base());
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "HOSTNAME_TAKEN",
+        "this hostname is already added to another app",
+        format!(
+            "Remove it from the other app first (`certplane certs remove {hostname} -a OTHER_APP`). If the name is yours and the other claim is not yours, set the TXT record {record} = \"{}\" and add it again: a claim that never proved ownership gives way to one that does.",
+            certplane_domain::app_ownership_value(&app.token)
+        ),
+    ))
 }
 
 fn refuse_reserved(state: &ApiState, hostname: &Hostname) -> Result<(), ApiError> {
