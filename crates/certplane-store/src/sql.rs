@@ -478,6 +478,16 @@ async fn insert_certificate(
     Ok(())
 }
 
+/// `(app_id, hostname)` rows of due checks.
+fn due_rows(rows: &[AnyRow]) -> Result<Vec<(AppId, Hostname)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let name: String = row.try_get("hostname")?;
+            Ok((AppId(row.try_get("app_id")?), Hostname::from_stored(&name)))
+        })
+        .collect()
+}
+
 impl SqlStore {
     async fn try_create_app(
         &self,
@@ -931,13 +941,7 @@ impl Store for SqlStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let name: String = row.try_get("hostname")?;
-                let hostname = Hostname::from_stored(&name);
-                Ok((AppId(row.try_get("app_id")?), hostname))
-            })
-            .collect()
+        due_rows(&rows)
     }
 
     async fn release_unverified(&self, hostname: &Hostname, to: AppId) -> Result<bool, StoreError> {
@@ -990,12 +994,7 @@ impl Store for SqlStore {
         .bind(lease_until)
         .fetch_all(&self.writer)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let name: String = row.try_get("hostname")?;
-                Ok((AppId(row.try_get("app_id")?), Hostname::from_stored(&name)))
-            })
-            .collect()
+        due_rows(&rows)
     }
 
     async fn app_by_id(&self, app: AppId) -> Result<Option<App>, StoreError> {
