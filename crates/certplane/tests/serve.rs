@@ -186,6 +186,11 @@ fn first_start_creates_a_private_admin_token_and_restarts_keep_it() {
         .permissions()
         .mode();
     assert_eq!(data_mode & 0o077, 0, "the data directory is private");
+    let keys_mode = std::fs::metadata(dir.path().join("data/master-keys"))
+        .expect("serve creates the master key file")
+        .permissions()
+        .mode();
+    assert_eq!(keys_mode & 0o777, 0o600);
     assert!(dir.path().join("data/certplane.db").exists());
     let token = admin_token(dir.path());
     let out = ok(&cli(
