@@ -315,3 +315,133 @@ pub fn detail(
         updated_at: timestamp(record.updated_at),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use certplane_domain::Hostname;
+    use certplane_store::AppId;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+    const DAY: i64 = 86_400;
+
+    fn record(verified: bool) -> HostnameRecord {
+        HostnameRecord {
+            app_id: AppId(1),
+            hostname: Hostname::parse("www.example.com").expect("valid"),
+            acme_requested: true,
+            status: CertificateStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+            ownership_verified: verified,
+            configured: true,
+            check_report: None,
+            checked_at: Some(NOW),
+            next_check_at: NOW + 3600,
+            check_failures: 0,
+        }
+    }
+
+    fn cert(source: CertSource, key_type: &str, not_after: i64) -> CertificateRecord {
+        CertificateRecord {
+            id: 1,
+            hostname: Hostname::parse("www.example.com").expect("valid"),
+            cert: NewCertificate {
+                source,
+                key_type: key_type.into(),
+                chain_pem: String::new(),
+                key_id: "k1".into(),
+                key_sealed: vec![],
+                not_before: NOW - 10 * DAY,
+                not_after,
+                issuer: "CA".into(),
+                fingerprint: "f".into(),
+                warnings: r#"[{"code":"CHAIN_UNTRUSTED","message":"m"}]"#.into(),
+            },
+            created_at: 0,
+        }
+    }
+
+    fn roles(entries: &[CertificateEntry]) -> Vec<(&str, &str, &str)> {
+        entries
+            .iter()
+            .map(|e| (e.source.as_str(), e.role.as_str(), e.status.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn an_expired_custom_certificate_is_never_served() {
+        let certs = [
+            cert(CertSource::Custom, "ecdsa", NOW - DAY),
+            cert(CertSource::Acme, "ecdsa", NOW + 60 * DAY),
+            cert(CertSource::Acme, "rsa", NOW + 60 * DAY),
+        ];
+        let (entries, served, _) = certificate_entries(&record(true), &certs, NOW);
+        assert_eq!(served.as_deref(), Some("acme"));
+        assert_eq!(
+            roles(&entries),
+            vec![
+                ("custom", "inactive", "expired"),
+                ("acme", "primary", "active")
+            ]
+        );
+        // Nothing valid at all: nothing is served.
+        let (_, served, _) = certificate_entries(&record(true), &certs[..1], NOW);
+        assert_eq!(served, None);
+    }
+
+    #[test]
+    fn custom_wins_only_with_verified_ownership() {
+        let certs = [
+            cert(CertSource::Custom, "rsa", NOW + 90 * DAY),
+            cert(CertSource::Acme, "ecdsa", NOW + 60 * DAY),
+        ];
+        let (entries, served, _) = certificate_entries(&record(true), &certs, NOW);
+        assert_eq!(served.as_deref(), Some("custom"));
+        assert_eq!(
+            roles(&entries),
+            vec![
+                ("custom", "primary", "active"),
+                ("acme", "fallback", "active")
+            ]
+        );
+        let (entries, served, _) = certificate_entries(&record(false), &certs, NOW);
+        assert_eq!(served, None);
+        assert_eq!(
+            roles(&entries),
+            vec![
+                ("custom", "inactive", "pending_ownership"),
+                ("acme", "inactive", "pending_ownership")
+            ]
+        );
+    }
+
+    #[test]
+    fn expiry_is_flagged_at_30_7_and_1_days() {
+        for (left, flagged) in [
+            (31 * DAY, None),
+            (30 * DAY, Some("30 days")),
+            (6 * DAY, Some("7 days")),
+            (3600, Some("1 day ")),
+        ] {
+            let warnings = cert_warnings(&cert(CertSource::Custom, "ecdsa", NOW + left).cert, NOW);
+            let expiring: Vec<&Warning> = warnings
+                .iter()
+                .filter(|w| w.code == "CERTIFICATE_EXPIRING")
+                .collect();
+            match flagged {
+                None => assert!(expiring.is_empty(), "{left}"),
+                Some(text) => assert!(
+                    expiring.len() == 1 && expiring[0].message.contains(text),
+                    "{left}: {expiring:?}"
+                ),
+            }
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.code == "CHAIN_UNTRUSTED" && !w.remediation.is_empty())
+            );
+        }
+    }
+}
