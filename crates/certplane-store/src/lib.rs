@@ -119,6 +119,17 @@ pub trait Store: Send + Sync + 'static {
     /// Hostnames whose next check is due at `now`, soonest first.
     async fn due_checks(&self, now: i64, limit: u32) -> Result<Vec<(AppId, Hostname)>, StoreError>;
 
+    /// The propagation log after revision `after`, in order, at most `limit`: each entry says
+    /// that what edges serve for the hostname changed at that revision.
+    async fn changes_since(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Hostname)>, StoreError>;
+
+    /// The newest revision of the propagation log (0 when empty).
+    async fn latest_revision(&self) -> Result<i64, StoreError>;
+
     /// Releases `hostname` from the app holding it when that app has not proven ownership, so
     /// that `to` (which has) can claim it. `false` when the holder is verified, is `to`, or the
     /// hostname is free.

@@ -478,6 +478,34 @@ async fn insert_certificate(
     Ok(())
 }
 
+/// Appends to the propagation log that what edges serve for `hostnames` changed. Called last in
+/// the transaction of the change. On PostgreSQL the writers first take one transaction-scoped
+/// advisory lock, so revisions are numbered in commit order: an edge that has read revision N
+/// can never later find a smaller one it missed. SQLite has one writer anyway.
+async fn bump(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    hostnames: &[&str],
+) -> Result<(), StoreError> {
+    if hostnames.is_empty() {
+        return Ok(());
+    }
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(72437001)) AS serialised")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let at = now();
+    for hostname in hostnames {
+        sqlx::query("INSERT INTO revisions (hostname, created_at) VALUES ($1, $2)")
+            .bind(*hostname)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// `(app_id, hostname)` rows of due checks.
 fn due_rows(rows: &[AnyRow]) -> Result<Vec<(AppId, Hostname)>, StoreError> {
     rows.iter()
@@ -675,17 +703,30 @@ impl Store for SqlStore {
         name: &AppName,
         backends: &[AppBackend],
     ) -> Result<Option<App>, StoreError> {
-        sqlx::query(&format!(
+        let mut tx = self.writer.begin().await?;
+        let app = sqlx::query(&format!(
             "UPDATE apps SET backends = $1 WHERE org_id = $2 AND name = $3 RETURNING {APP_COLUMNS}"
         ))
         .bind(backends_json(backends))
         .bind(org.0)
         .bind(name.as_str())
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await?
         .as_ref()
         .map(app_from_row)
-        .transpose()
+        .transpose()?;
+        if let Some(app) = &app {
+            // Edges route each hostname of the app to its backends.
+            let names: Vec<String> =
+                sqlx::query_scalar("SELECT hostname FROM hostnames WHERE app_id = $1")
+                    .bind(app.id.0)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            bump(&mut tx, self.backend, &names).await?;
+        }
+        tx.commit().await?;
+        Ok(app)
     }
 
     async fn delete_app(&self, org: OrgId, name: &AppName) -> Result<bool, StoreError> {
@@ -697,6 +738,11 @@ impl Store for SqlStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(id) = id else { return Ok(false) };
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT hostname FROM hostnames WHERE app_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
         sqlx::query("DELETE FROM certificates WHERE hostname IN (SELECT hostname FROM hostnames WHERE app_id = $1)")
             .bind(id)
             .execute(&mut *tx)
@@ -709,6 +755,8 @@ impl Store for SqlStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        bump(&mut tx, self.backend, &names).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -769,6 +817,7 @@ impl Store for SqlStore {
             }
             Err(e) => return Err(e.into()),
         }
+        bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
         tx.commit().await?;
         Ok((
             HostnameRecord {
@@ -867,6 +916,7 @@ impl Store for SqlStore {
                 .bind(hostname.as_str())
                 .execute(&mut *tx)
                 .await?;
+            bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
             tx.commit().await?;
             return Ok(DeleteOutcome::Removed);
         }
@@ -888,6 +938,7 @@ impl Store for SqlStore {
         let record = refresh_status(&mut tx, app, hostname, now())
             .await?
             .ok_or_else(|| corrupt("vanished hostname", hostname.as_str()))?;
+        bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
         tx.commit().await?;
         Ok(DeleteOutcome::Updated(record))
     }
@@ -928,6 +979,11 @@ impl Store for SqlStore {
             return Ok(Some(current));
         }
         let record = refresh_status(&mut tx, app, hostname, update.checked_at).await?;
+        if record.as_ref().is_some_and(|r| {
+            r.ownership_verified != current.ownership_verified || r.status != current.status
+        }) {
+            bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
+        }
         tx.commit().await?;
         Ok(record)
     }
@@ -942,6 +998,32 @@ impl Store for SqlStore {
         .fetch_all(&self.reader)
         .await?;
         due_rows(&rows)
+    }
+
+    async fn changes_since(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Hostname)>, StoreError> {
+        let rows = sqlx::query("SELECT revision, hostname FROM revisions WHERE revision > $1 ORDER BY revision LIMIT $2")
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get("hostname")?;
+                Ok((row.try_get("revision")?, Hostname::from_stored(&name)))
+            })
+            .collect()
+    }
+
+    async fn latest_revision(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM revisions")
+                .fetch_one(&self.reader)
+                .await?,
+        )
     }
 
     async fn release_unverified(&self, hostname: &Hostname, to: AppId) -> Result<bool, StoreError> {
@@ -967,6 +1049,7 @@ impl Store for SqlStore {
             .bind(hostname.as_str())
             .execute(&mut *tx)
             .await?;
+        bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
         tx.commit().await?;
         tracing::info!(%hostname, from = app_id, to = to.0, "unverified claim released to an app that proved ownership");
         Ok(true)
@@ -1060,6 +1143,7 @@ impl Store for SqlStore {
         let record = refresh_status(&mut tx, app, hostname, now())
             .await?
             .ok_or_else(|| corrupt("vanished hostname", hostname.as_str()))?;
+        bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
         tx.commit().await?;
         Ok((record, created))
     }
@@ -1084,6 +1168,7 @@ impl Store for SqlStore {
         .await?;
         insert_certificate(&mut tx, hostname, cert).await?;
         let record = refresh_status(&mut tx, app, hostname, now()).await?;
+        bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
         tx.commit().await?;
         Ok(record)
     }

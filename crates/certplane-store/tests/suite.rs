@@ -50,6 +50,8 @@ suite!(
     dedicated_ipv4_addresses_are_recycled,
     custom_and_acme_certificates,
     concurrent_claims_take_each_check_once,
+    serving_changes_are_logged_in_order,
+    a_follower_never_misses_a_revision,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -868,4 +870,170 @@ async fn concurrent_claims_take_each_check_once(db: &TestDb) {
     let unique: HashSet<_> = claimed.iter().map(|(_, h)| h.as_str().to_owned()).collect();
     assert_eq!(unique.len(), claimed.len(), "a check was claimed twice");
     assert_eq!(unique.len(), 40, "every due check was claimed");
+}
+
+async fn serving_changes_are_logged_in_order(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Revisions").await;
+    let app = store
+        .create_app(o.id, &app_name("rev"), &[], &prefix(), None)
+        .await
+        .expect("app");
+    let h = host("www.rev.example");
+    let h2 = host("api.rev.example");
+    let start = store.latest_revision().await.expect("latest");
+    let log = |after| {
+        let store = store.clone();
+        async move {
+            store
+                .changes_since(after, 1000)
+                .await
+                .expect("changes")
+                .into_iter()
+                .map(|(_, h)| h.as_str().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    store.request_acme(app.id, &h).await.expect("add");
+    store
+        .request_acme(app.id, &h)
+        .await
+        .expect("add again: no change");
+    store.request_acme(app.id, &h2).await.expect("add");
+    store
+        .import_custom(
+            app.id,
+            &h,
+            &cert(CertSource::Custom, "ecdsa", "c", i64::MAX / 2),
+        )
+        .await
+        .expect("import");
+    let verified = CheckUpdate {
+        verified: true,
+        configured: true,
+        report: "{}".into(),
+        checked_at: 1_000,
+        next_check_at: 2_000,
+        failures: 0,
+    };
+    store
+        .record_check(app.id, &h, &verified)
+        .await
+        .expect("verified");
+    store
+        .record_check(
+            app.id,
+            &h,
+            &CheckUpdate {
+                checked_at: 1_001,
+                ..verified.clone()
+            },
+        )
+        .await
+        .expect("same again");
+    store
+        .set_backends(
+            o.id,
+            &app_name("rev"),
+            &[Backend::parse("10.0.0.1:80").expect("valid")],
+        )
+        .await
+        .expect("backends");
+    store
+        .delete_hostname(app.id, &h, DeleteScope::Custom)
+        .await
+        .expect("delete custom");
+    store
+        .delete_app(o.id, &app_name("rev"))
+        .await
+        .expect("delete app");
+    let expected = vec![
+        "www.rev.example", // added
+        "api.rev.example", // added
+        "www.rev.example", // custom imported
+        "www.rev.example", // ownership verified: now served
+        "api.rev.example", // backends changed (order of the app's hostnames)
+        "www.rev.example",
+        "www.rev.example", // custom deleted
+        "api.rev.example", // app deleted
+        "www.rev.example",
+    ];
+    let mut got = log(start).await;
+    // The two hostnames of one change may come in either order.
+    for pair in [4usize, 7] {
+        got[pair..pair + 2].sort();
+    }
+    let mut want: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+    for pair in [4usize, 7] {
+        want[pair..pair + 2].sort();
+    }
+    assert_eq!(got, want);
+    let all = store.changes_since(start, 1000).await.expect("changes");
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "strictly increasing revisions"
+    );
+    assert_eq!(
+        store.latest_revision().await.expect("latest"),
+        all.last().expect("some").0
+    );
+    assert_eq!(store.changes_since(start, 3).await.expect("page").len(), 3);
+}
+
+async fn a_follower_never_misses_a_revision(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Follow").await;
+    let app = store
+        .create_app(o.id, &app_name("follow"), &[], &prefix(), None)
+        .await
+        .expect("app");
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    store
+                        .request_acme(app.id, &host(&format!("w{w}-{i}.follow.example")))
+                        .await
+                        .expect("add");
+                }
+            })
+        })
+        .collect();
+    // A follower reads the log as it grows, the way an edge does, and remembers what it saw.
+    let follower = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut last = 0;
+            for _ in 0..10_000 {
+                let batch = store.changes_since(last, 50).await.expect("changes");
+                if let Some((rev, _)) = batch.last() {
+                    last = *rev;
+                }
+                seen.extend(batch.into_iter().map(|(rev, _)| rev));
+                if seen.len() >= 200 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let seen = follower.await.expect("follower");
+    let all: Vec<i64> = store
+        .changes_since(0, 10_000)
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|(rev, _)| rev)
+        .collect();
+    assert_eq!(all.len(), 200);
+    assert_eq!(
+        seen, all,
+        "the follower saw every revision, in order, none filled in behind it"
+    );
 }
