@@ -51,11 +51,11 @@ impl Verifier {
     }
 
     /// What identifies `app` in DNS, for `record`'s hostname.
-    pub fn expected(&self, org: &Org, app: &App, record: &HostnameRecord) -> Expected {
+    pub fn expected(&self, org: &Org, app: &App, hostname: &Hostname) -> Expected {
         let p = &self.platform;
-        let base = record.hostname.base();
+        let base = hostname.base();
         Expected {
-            hostname: record.hostname.clone(),
+            hostname: hostname.clone(),
             app_ipv6: app.ipv6,
             cname_target: cname_target(p, &app.name, &app.token),
             challenge_target: format!("{base}.{}.{}", app.token, p.challenge_zone),
@@ -74,23 +74,9 @@ impl Verifier {
 
     /// Whether DNS proves, now, that `hostname` belongs to `app` (nothing is stored).
     pub async fn proves(&self, org: &Org, app: &App, hostname: &Hostname) -> bool {
-        let record = HostnameRecord {
-            app_id: app.id,
-            hostname: hostname.clone(),
-            acme_requested: false,
-            status: certplane_domain::CertificateStatus::PendingOwnership,
-            created_at: 0,
-            updated_at: 0,
-            ownership_verified: false,
-            configured: false,
-            check_report: None,
-            checked_at: None,
-            next_check_at: 0,
-            check_failures: 0,
-        };
         let (report, _) = self
             .checker
-            .check(&self.expected(org, app, &record), unix_now())
+            .check(&self.expected(org, app, hostname), unix_now())
             .await;
         report.ownership_verified
     }
@@ -105,7 +91,7 @@ impl Verifier {
         let now = unix_now();
         let (mut report, inconclusive) = self
             .checker
-            .check(&self.expected(org, app, record), now)
+            .check(&self.expected(org, app, &record.hostname), now)
             .await;
         // A failed lookup is "unknown", not "gone": a verified hostname stays verified through a
         // resolver outage and is re-checked soon; only a clear negative answer loses it.
