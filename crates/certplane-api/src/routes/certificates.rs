@@ -166,9 +166,15 @@ pub async fn add_acme(
     } else {
         StatusCode::OK
     };
+    // A hostname created just now has no certificate yet: no need to look.
+    let detail = if created {
+        present::detail(&state.platform, &principal.org, &app, &record, &[])
+    } else {
+        detail(&state, &principal, &app, &record).await?
+    };
     Ok((
         status,
-        axum::Json(detail(&state, &principal, &app, &record).await?),
+        axum::Json(detail),
     ))
 }
 
