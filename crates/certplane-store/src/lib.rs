@@ -130,6 +130,9 @@ pub trait Store: Send + Sync + 'static {
     /// The newest revision of the propagation log (0 when empty).
     async fn latest_revision(&self) -> Result<i64, StoreError>;
 
+    /// Whether the app holding `hostname` has proven ownership (`None` when nobody holds it).
+    async fn holder_verified(&self, hostname: &Hostname) -> Result<Option<bool>, StoreError>;
+
     /// Releases `hostname` from the app holding it when that app has not proven ownership, so
     /// that `to` (which has) can claim it. `false` when the holder is verified, is `to`, or the
     /// hostname is free.

@@ -1026,6 +1026,15 @@ impl Store for SqlStore {
         )
     }
 
+    async fn holder_verified(&self, hostname: &Hostname) -> Result<Option<bool>, StoreError> {
+        let verified: Option<i64> =
+            sqlx::query_scalar("SELECT ownership_verified FROM hostnames WHERE hostname = $1")
+                .bind(hostname.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(verified.map(|v| v != 0))
+    }
+
     async fn release_unverified(&self, hostname: &Hostname, to: AppId) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
         let holder =

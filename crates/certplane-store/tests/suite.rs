@@ -328,6 +328,12 @@ async fn hostnames_are_unique_across_the_platform(db: &TestDb) {
             .expect("get"),
         Some(rec)
     );
+    let holder = |name: &'static str| {
+        let store = store.clone();
+        async move { store.holder_verified(&host(name)).await.expect("holder") }
+    };
+    assert_eq!(holder("www.example.com").await, Some(false));
+    assert_eq!(holder("free.example.com").await, None);
     // A wildcard and its apex are names of their own.
     store
         .request_acme(app_b.id, &host("*.example.com"))
