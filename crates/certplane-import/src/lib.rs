@@ -160,8 +160,7 @@ pub fn validate(
         ));
     }
     let mut warnings = Vec::new();
-    let order = chain_order(&parsed, &mut warnings)?;
-    let mut ordered: Vec<usize> = order;
+    let mut ordered = chain_order(&parsed, &mut warnings)?;
     let top = *ordered.last().unwrap_or(&0);
     if ordered.len() > 1 && is_self_issued(&parsed[top]) {
         ordered.pop();

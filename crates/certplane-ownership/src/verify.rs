@@ -27,6 +27,7 @@ const CLAIM_LEASE: i64 = 300;
 const CONCURRENCY: usize = 8;
 
 /// Checks hostnames and stores the outcome.
+#[derive(Clone)]
 pub struct Verifier {
     store: Arc<dyn Store>,
     checker: Checker,
@@ -176,9 +177,9 @@ impl Verifier {
                 let Some((app_id, hostname)) = pending.next() else {
                     break;
                 };
-                let store = self.store.clone();
-                let this = self.clone_parts();
+                let this = self.clone();
                 running.spawn(async move {
+                    let store = &this.store;
                     let Some(app) = store.app_by_id(app_id).await? else {
                         return Ok(());
                     };
@@ -199,14 +200,6 @@ impl Verifier {
             }
         }
         Ok(count)
-    }
-
-    fn clone_parts(&self) -> Verifier {
-        Verifier {
-            store: self.store.clone(),
-            checker: self.checker.clone(),
-            platform: self.platform.clone(),
-        }
     }
 }
 
