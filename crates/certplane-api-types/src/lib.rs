@@ -165,6 +165,23 @@ pub struct CertificateDetail {
     pub next_check_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Whether the edges serve the hostname's newest state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<PropagationStatus>,
+}
+
+/// Whether every live edge serves a hostname's newest state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PropagationStatus {
+    /// The newest revision of the propagation log for the hostname (0: never changed what
+    /// edges serve).
+    pub revision: i64,
+    /// Edges connected now (or heard from by another control plane in the last 30 s).
+    pub edges_live: u32,
+    /// Live edges that serve `revision` or later.
+    pub edges_serving: u32,
+    /// `edges_serving == edges_live`.
+    pub propagated: bool,
 }
 
 /// What the last DNS check found for a hostname.
@@ -260,4 +277,33 @@ pub struct CertificateList {
 pub struct Health {
     pub status: String,
     pub version: String,
+}
+
+/// One edge proxy and the state it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EdgeStatus {
+    pub id: String,
+    /// The propagation-log revision the edge serves.
+    pub revision: i64,
+    /// RFC 3339: the last time a control plane heard from it.
+    pub last_seen: String,
+    /// Whether its event stream is open to the control plane that answered.
+    pub connected: bool,
+    /// Whether `?wait=propagated` waits for it.
+    pub live: bool,
+}
+
+/// `GET /v1/edges`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EdgeList {
+    /// The newest revision of the propagation log.
+    pub revision: i64,
+    pub edges: Vec<EdgeStatus>,
+}
+
+/// `POST /v1/edges/tokens`: shown in this answer only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedEdgeToken {
+    /// For `certplane edge --token`: it reads the edge stream and nothing else.
+    pub token: String,
 }

@@ -1,5 +1,6 @@
 //! Bearer-token authentication as extractors: [`Auth`] for any org token, [`Admin`] for the
-//! admin token alone.
+//! admin token alone, [`EdgeAuth`] for an edge token or the admin token (edges follow the event
+//! stream; an edge token opens nothing else).
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
@@ -18,10 +19,46 @@ pub struct Auth(pub Principal);
 #[derive(Debug)]
 pub struct Admin(pub Principal);
 
+/// An edge: an edge token or the admin token.
+#[derive(Debug)]
+pub struct EdgeAuth(pub Principal);
+
 impl FromRequestParts<ApiState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let principal = authenticate(parts, state).await?;
+        if principal.kind == TokenKind::Edge {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "EDGE_TOKEN_NOT_ALLOWED",
+                "an edge token may only follow the edge stream",
+                "Use an org token (`certplane orgs create`) or the admin token for this call.",
+            ));
+        }
+        Ok(Self(principal))
+    }
+}
+
+impl FromRequestParts<ApiState> for EdgeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let principal = authenticate(parts, state).await?;
+        if !matches!(principal.kind, TokenKind::Edge | TokenKind::Admin) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "EDGE_ONLY",
+                "only an edge token or the admin token may follow the edge stream",
+                "Create an edge token with `POST /v1/edges/tokens` (admin) and start the edge with it.",
+            ));
+        }
+        Ok(Self(principal))
+    }
+}
+
+async fn authenticate(parts: &mut Parts, state: &ApiState) -> Result<Principal, ApiError> {
+    {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -49,7 +86,7 @@ impl FromRequestParts<ApiState> for Auth {
                     "Use a token printed by `certplane orgs create` or the admin token file.",
                 )
             })?;
-        Ok(Self(principal))
+        Ok(principal)
     }
 }
 

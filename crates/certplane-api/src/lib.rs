@@ -15,6 +15,7 @@ mod auth;
 mod error;
 mod extract;
 mod present;
+pub mod propagation;
 mod routes;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::ApiError;
+pub use propagation::Propagation;
 
 /// Largest request body accepted, in bytes. Requests are small JSON objects...
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -47,6 +49,8 @@ pub struct ApiDeps {
     pub verifier: Arc<Verifier>,
     /// Seals the private keys of imported certificates.
     pub keys: Arc<MasterKeys>,
+    /// The feed to edges and their registry (run its feed with [`Propagation::run_feed`]).
+    pub propagation: Arc<Propagation>,
 }
 
 /// What every handler shares.
@@ -56,6 +60,7 @@ pub struct ApiState {
     pub platform: Arc<PlatformSettings>,
     pub verifier: Arc<Verifier>,
     pub keys: Arc<MasterKeys>,
+    pub propagation: Arc<Propagation>,
     openapi: Arc<String>,
 }
 
@@ -78,6 +83,7 @@ impl std::fmt::Debug for ApiState {
         (name = "orgs", description = "Orgs and their API tokens (admin)"),
         (name = "apps", description = "Apps, their addresses and backends"),
         (name = "certificates", description = "Hostnames and their certificates"),
+        (name = "edges", description = "Edge proxies: their event stream, acknowledgements and tokens"),
         (name = "meta", description = "Health and this document"),
     )
 )]
@@ -122,6 +128,8 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(routes::certificates::delete_custom))
         .routes(routes!(routes::edges::list_edges))
         .routes(routes!(routes::edges::create_edge_token))
+        .routes(routes!(routes::edges::stream))
+        .routes(routes!(routes::edges::ack))
 }
 
 /// The OpenAPI document of every route [`router`] serves.
@@ -136,6 +144,7 @@ pub fn router(deps: ApiDeps) -> Router {
         platform,
         verifier,
         keys,
+        propagation,
     } = deps;
     let (router, doc) = api_routes().split_for_parts();
     let openapi = doc.to_pretty_json().unwrap_or_else(|e| {
@@ -147,6 +156,7 @@ pub fn router(deps: ApiDeps) -> Router {
         platform,
         verifier,
         keys,
+        propagation,
         openapi: Arc::new(openapi),
     };
     router

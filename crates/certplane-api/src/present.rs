@@ -313,6 +313,7 @@ pub fn detail(
             .filter(|_| record.checked_at.is_some()),
         created_at: timestamp(record.created_at),
         updated_at: timestamp(record.updated_at),
+        propagation: None,
     }
 }
 

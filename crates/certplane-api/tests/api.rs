@@ -30,6 +30,8 @@ const SERVED: &[(&str, &str)] = &[
     ("delete", "/v1/apps/{app}/certificates/{hostname}/custom"),
     ("get", "/v1/edges"),
     ("post", "/v1/edges/tokens"),
+    ("get", "/v1/edges/stream"),
+    ("post", "/v1/edges/{id}/ack"),
 ];
 
 fn documented_operations(doc: &Value) -> BTreeSet<(String, String)> {
@@ -129,6 +131,7 @@ async fn tenant_isolation(api: TestApi) {
             ("post", "/v1/orgs") => Some(json!({"name": "Evil"})),
             ("post", "/v1/apps") => Some(json!({"app_name": "evil"})),
             ("patch", _) => Some(json!({"backends": ["10.9.9.9:1"]})),
+            ("post", "/v1/edges/{id}/ack") => Some(json!({"revision": 1})),
             ("post", p) if p.ends_with("/acme") => Some(json!({"hostname": "www.a-example.com"})),
             ("post", p) if p.ends_with("/custom") => {
                 Some(json!({"hostname": "www.a-example.com", "fullchain": "x", "private_key": "x"}))
@@ -136,6 +139,8 @@ async fn tenant_isolation(api: TestApi) {
             _ => None,
         };
         let on_a = path
+            .replace("{id}", "edge-1")
+            .replace("/v1/edges/stream", "/v1/edges/stream?edge_id=edge-1")
             .replace("{app}", "a-app")
             .replace("{hostname}", "www.a-example.com");
         let (status, body) = api.send(method(&m), &on_a, Some(&b), body).await;
@@ -143,6 +148,10 @@ async fn tenant_isolation(api: TestApi) {
             (_, "/v1/health") | (_, "/v1/openapi.json") => (StatusCode::OK, "<no error code>"),
             (_, "/v1/orgs") | (_, "/v1/edges") | (_, "/v1/edges/tokens") => {
                 (StatusCode::FORBIDDEN, "ADMIN_ONLY")
+            }
+            // An org token neither follows the edge stream nor speaks for an edge.
+            (_, "/v1/edges/stream") | (_, "/v1/edges/{id}/ack") => {
+                (StatusCode::FORBIDDEN, "EDGE_ONLY")
             }
             ("get", "/v1/apps") => {
                 assert_eq!(status, StatusCode::OK);

@@ -44,6 +44,16 @@ pub struct ApiConfig {
 pub struct EdgeConfig {
     pub https_listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// `/metrics` (Prometheus) and `/healthz`; no authentication, so keep it private.
+    pub admin_listen: SocketAddr,
+    /// Whether `serve` runs its own edge (a platform whose edges all run `certplane edge`
+    /// elsewhere turns it off).
+    pub enabled: bool,
+    /// The id the control plane knows this edge by; empty means `<host name>:<https port>`.
+    pub id: String,
+    /// TLS session resumption (tickets and the session cache); off only to measure full
+    /// handshakes.
+    pub tls_resumption: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -114,6 +124,10 @@ impl Default for EdgeConfig {
         Self {
             https_listen: SocketAddr::from(([0, 0, 0, 0], 443)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            enabled: true,
+            id: String::new(),
+            tls_resumption: true,
         }
     }
 }
@@ -201,6 +215,10 @@ pub const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("api", "listen", EnvKind::Text),
     ("edge", "https_listen", EnvKind::Text),
     ("edge", "http_listen", EnvKind::Text),
+    ("edge", "admin_listen", EnvKind::Text),
+    ("edge", "enabled", EnvKind::Bool),
+    ("edge", "id", EnvKind::Text),
+    ("edge", "tls_resumption", EnvKind::Bool),
     ("dns", "listen", EnvKind::Text),
     ("dns", "nameservers", EnvKind::List),
     ("dns", "proxy_ranges", EnvKind::List),

@@ -2,9 +2,10 @@
 //!
 //! [`serve`] opens (and migrates) the store named by the configuration, makes sure an admin
 //! token exists (`<data_dir>/admin-token`, mode 0600, created on first start), and serves the
-//! API and the background ownership checks until the shutdown future completes, letting
-//! requests in flight finish. The edge, the challenge DNS server and ACME join here as later
-//! parts of certplane land.
+//! API, the background ownership checks, the propagation feed to edges and one edge of its own
+//! (following the API over loopback like any other edge) until the shutdown future completes,
+//! letting requests in flight finish. The challenge DNS server and ACME join here as later parts
+//! of certplane land.
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use certplane_api::ApiDeps;
+use certplane_api::{ApiDeps, Propagation};
 use certplane_config::{Config, ConfigError};
 use certplane_domain::ApiToken;
 use certplane_ownership::{Checker, ResolverSetupError, Verifier};
@@ -40,7 +41,7 @@ pub async fn serve(
     tracing::info!(backend = ?store.backend(), "store ready");
     let store: Arc<dyn Store> = Arc::new(store);
     let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
-    ensure_admin_token(store.as_ref(), &token_path).await?;
+    let admin_token = ensure_admin_token(store.as_ref(), &token_path).await?;
 
     let listener = TcpListener::bind(config.api.listen)
         .await
@@ -66,22 +67,44 @@ pub async fn serve(
     });
     let keys = Arc::new(master_keys(&config)?);
     tracing::info!(current = keys.current_id(), "master keys ready");
+    let propagation = Propagation::new(store.clone(), keys.clone());
+    let feed = tokio::spawn(propagation.clone().run_feed(stop_rx.clone()));
+    let compaction = tokio::spawn(compact_log(store.clone(), stop_rx.clone()));
     let router = certplane_api::router(ApiDeps {
         store,
         platform,
         verifier,
         keys,
+        propagation: propagation.clone(),
     });
     tracing::info!(
         background_checks = config.dns.background_checks,
         "API listening on http://{addr}"
     );
     ready(addr);
+    let edge = config
+        .edge
+        .enabled
+        .then(|| tokio::spawn(run_edge(config.clone(), addr, admin_token, stop_rx.clone())));
+    let stop_all = {
+        let propagation = propagation.clone();
+        async move {
+            shutdown.await;
+            // Edge streams never end by themselves: end them, or graceful shutdown would wait
+            // for them forever.
+            propagation.shutdown();
+        }
+    };
     let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stop_all)
         .await;
     let _ = stop_tx.send(true);
     if let Some(task) = background {
+        let _ = task.await;
+    }
+    let _ = feed.await;
+    let _ = compaction.await;
+    if let Some(task) = edge {
         let _ = task.await;
     }
     served.map_err(ServerError::Io)?;
@@ -143,8 +166,87 @@ pub async fn rotate_keys(config: &Config) -> Result<(String, usize), ServerError
     Ok((new_id, resealed))
 }
 
-/// Registers the token in `path` as an admin token, creating both on first start.
-async fn ensure_admin_token(store: &dyn Store, path: &Path) -> Result<(), ServerError> {
+/// Entries of the propagation log kept; an edge further behind than this takes a snapshot.
+pub const LOG_KEEP: u64 = 100_000;
+
+/// Trims the propagation log every minute.
+async fn compact_log(store: Arc<dyn Store>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match store.compact_revisions(LOG_KEEP).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "propagation log compacted"),
+            Err(e) => tracing::warn!(error = %e, "cannot compact the propagation log"),
+        }
+    }
+}
+
+/// The id an edge goes by when the configuration names none: `<host name>:<https port>`.
+pub fn default_edge_id(config: &Config) -> String {
+    if !config.edge.id.is_empty() {
+        return config.edge.id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "edge".to_owned());
+    format!("{host}:{}", config.edge.https_listen.port())
+}
+
+/// The options of an edge following `control_plane` with `token`, from the `[edge]` section.
+pub fn edge_options(
+    config: &Config,
+    control_plane: String,
+    token: String,
+) -> certplane_edge::EdgeOptions {
+    certplane_edge::EdgeOptions {
+        follow: certplane_edge::FollowOptions {
+            control_plane,
+            token,
+            edge_id: default_edge_id(config),
+        },
+        https_listen: config.edge.https_listen,
+        http_listen: config.edge.http_listen,
+        admin_listen: Some(config.edge.admin_listen),
+        tls: certplane_edge::TlsOptions {
+            resumption: config.edge.tls_resumption,
+        },
+        proxy: certplane_edge::ProxyConfig::default(),
+    }
+}
+
+/// `serve`'s own edge: it follows the API over loopback with the admin token, exactly like a
+/// separate `certplane edge`. If it cannot listen, the API keeps running and the log says why.
+async fn run_edge(
+    config: Config,
+    api: SocketAddr,
+    token: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let ip = if api.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        api.ip()
+    };
+    let url = format!("http://{}", SocketAddr::new(ip, api.port()));
+    let options = edge_options(&config, url, token);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match certplane_edge::run(options, shutdown, |_| {}).await {
+        Ok(()) | Err(certplane_edge::EdgeError::StoppedBeforeReady) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "the built-in edge is not running; set edge.https_listen / edge.http_listen to free addresses, or edge.enabled = false")
+        }
+    }
+}
+
+/// Registers the token in `path` as an admin token, creating both on first start. Returns it.
+async fn ensure_admin_token(store: &dyn Store, path: &Path) -> Result<String, ServerError> {
     let file_error = |source| ServerError::AdminToken {
         path: path.to_owned(),
         source,
@@ -161,6 +263,7 @@ async fn ensure_admin_token(store: &dyn Store, path: &Path) -> Result<(), Server
             let token = ApiToken::presented(text.trim());
             store.bootstrap_admin(&token.hash()).await?;
             tracing::info!(path = %path.display(), "admin token loaded");
+            Ok(text.trim().to_owned())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = ApiToken::generate();
@@ -173,10 +276,10 @@ async fn ensure_admin_token(store: &dyn Store, path: &Path) -> Result<(), Server
                 .map_err(file_error)?;
             writeln!(file, "{}", token.expose()).map_err(file_error)?;
             tracing::info!(path = %path.display(), "admin org created; admin token written (mode 0600)");
+            Ok(token.expose().to_owned())
         }
-        Err(e) => return Err(file_error(e)),
+        Err(e) => Err(file_error(e)),
     }
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -23,8 +23,9 @@ use certplane_domain::{
 };
 
 pub use records::{
-    App, AppId, CertSource, CertificateRecord, CheckUpdate, HostnameRecord, NewCertificate, Org,
-    OrgId, Page, Principal, TokenKind, sealing_context,
+    App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord, CheckUpdate,
+    EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord, NewCertificate, Org, OrgId, Page,
+    Principal, TokenKind, sealing_context,
 };
 pub use sql::{Backend as SqlBackend, SqlStore};
 
@@ -41,6 +42,10 @@ pub trait Store: Send + Sync + 'static {
         slug: &OrgSlug,
         token: &TokenHash,
     ) -> Result<Org, StoreError>;
+
+    /// Adds `token` to the admin org as an edge token: edges authenticate with it, apart from
+    /// the operator's. [`StoreError::NoAdminOrg`] before the admin is bootstrapped.
+    async fn create_edge_token(&self, token: &TokenHash) -> Result<Org, StoreError>;
 
     /// Who holds this API token, if anyone.
     async fn principal(&self, token: &TokenHash) -> Result<Option<Principal>, StoreError>;
@@ -127,7 +132,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<(i64, Hostname)>, StoreError>;
 
-    /// The newest revision of the propagation log (0 when empty).
+    /// The newest revision of the propagation log (0 when empty); after a compaction that left
+    /// nothing, the newest one it deleted.
     async fn latest_revision(&self) -> Result<i64, StoreError>;
 
     /// Whether the app holding `hostname` has proven ownership (`None` when nobody holds it).
@@ -193,6 +199,53 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether this token is in the ledger of issued ownership tokens.
     async fn token_issued(&self, token: &OwnershipToken) -> Result<bool, StoreError>;
+
+    /// Records that edge `id` reported in at `seen_at` having applied `revision`. The revision
+    /// is set as given, even lower than before: a restarted edge starts over from a snapshot.
+    async fn record_edge(&self, id: &str, revision: i64, seen_at: i64) -> Result<(), StoreError>;
+
+    /// Every edge that has reported in, by id.
+    async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError>;
+
+    /// Stores the answer to an ACME challenge (replacing one for the same hostname, kind and
+    /// token) and logs the hostname: edges serve the answer. The hostname need not be held.
+    async fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError>;
+
+    /// Removes a challenge answer, logging the hostname when there was one. `false` when there
+    /// was none.
+    async fn remove_challenge(
+        &self,
+        hostname: &Hostname,
+        kind: ChallengeKind,
+        token: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// What edges serve for `hostname`: the holding app, its certificates when its ownership is
+    /// verified, and the challenge answers. `None` when that is nothing to serve (no served
+    /// certificate and no challenge): the edge drops the name.
+    async fn edge_host(&self, hostname: &Hostname) -> Result<Option<EdgeHostRecord>, StoreError>;
+
+    /// A page of a full snapshot for edges: every hostname [`Store::edge_host`] returns a
+    /// record for, as it returns it, in byte order of the name, after `after`, at most `limit`.
+    async fn edge_hosts(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EdgeHostRecord>, StoreError>;
+
+    /// The newest revision of the propagation log for `hostname`; 0 when the log has none
+    /// (never changed, or compacted away).
+    async fn hostname_revision(&self, hostname: &Hostname) -> Result<i64, StoreError>;
+
+    /// Deletes all but the newest `keep` entries of the propagation log, so it does not grow
+    /// without end; raises [`Store::compacted_through`] to the newest one deleted. Returns how
+    /// many were deleted. Revision numbers are never reused.
+    async fn compact_revisions(&self, keep: u64) -> Result<u64, StoreError>;
+
+    /// The highest revision compaction has deleted (0 before any). An edge resuming after an
+    /// older revision may have missed changes and needs a fresh snapshot; it reads this after
+    /// [`Store::changes_since`], so a compaction in between cannot go unnoticed.
+    async fn compacted_through(&self) -> Result<i64, StoreError>;
 }
 
 /// What [`Store::delete_hostname`] did.
@@ -225,6 +278,8 @@ pub enum StoreError {
     /// A concurrent creation took the pool address chosen; `create_app` retries on it.
     #[error("a concurrent app creation took the dedicated IPv4 address")]
     Ipv4Taken,
+    #[error("there is no admin org yet: bootstrap the admin first")]
+    NoAdminOrg,
     #[error("could not draw an unused ownership token")]
     TokensExhausted,
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]

@@ -29,6 +29,9 @@ pub enum TokenKind {
     Admin,
     /// One org's customer token.
     Org,
+    /// An edge node's token (held by the admin org): it reads what edges serve and reports how
+    /// far it follows the propagation log; it is no customer and no operator.
+    Edge,
 }
 
 impl TokenKind {
@@ -36,6 +39,7 @@ impl TokenKind {
         match self {
             Self::Admin => "admin",
             Self::Org => "org",
+            Self::Edge => "edge",
         }
     }
 
@@ -43,6 +47,7 @@ impl TokenKind {
         match text {
             "admin" => Some(Self::Admin),
             "org" => Some(Self::Org),
+            "edge" => Some(Self::Edge),
             _ => None,
         }
     }
@@ -191,4 +196,75 @@ pub struct Page {
     pub items: Vec<HostnameRecord>,
     /// All of the app's hostnames, not just this page's.
     pub total: u64,
+}
+
+/// An edge node as it last reported in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeRecord {
+    pub id: String,
+    /// The revision of the propagation log it had applied.
+    pub revision: i64,
+    /// Unix seconds.
+    pub first_seen: i64,
+    /// Unix seconds.
+    pub last_seen: i64,
+}
+
+/// Which ACME challenge an answer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChallengeKind {
+    /// Answered over HTTP at `/.well-known/acme-challenge/<token>`.
+    Http01,
+    /// Answered in a TLS handshake negotiating `acme-tls/1`.
+    TlsAlpn01,
+}
+
+impl ChallengeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "http-01" => Some(Self::Http01),
+            "tls-alpn-01" => Some(Self::TlsAlpn01),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to one ACME challenge, for the edges to serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChallengeRecord {
+    pub hostname: Hostname,
+    pub kind: ChallengeKind,
+    pub token: String,
+    pub key_authorization: String,
+    /// Unix seconds; after it the answer is of no use.
+    pub expires_at: i64,
+}
+
+/// The app holding a hostname, as edges need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeApp {
+    pub id: AppId,
+    pub name: AppName,
+    pub backends: Vec<Backend>,
+    /// Whether the app has proven ownership of the hostname (only then are its certificates
+    /// served).
+    pub ownership_verified: bool,
+}
+
+/// Everything an edge serves for one hostname.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeHostRecord {
+    pub hostname: Hostname,
+    /// The app holding the hostname, if any.
+    pub app: Option<EdgeApp>,
+    /// Empty unless the app's ownership is verified.
+    pub certificates: Vec<CertificateRecord>,
+    pub challenges: Vec<ChallengeRecord>,
 }

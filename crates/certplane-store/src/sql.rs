@@ -6,6 +6,7 @@
 //! connection, so write transactions queue instead of failing with `SQLITE_BUSY`, and a few
 //! reader connections, which WAL mode lets run beside the writer.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,11 +19,12 @@ use futures_core::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnectionMetadata;
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 
 use crate::{
-    App, AppId, CertSource, CertificateRecord, CheckUpdate, DeleteOutcome, HostnameRecord,
-    NewCertificate, Org, OrgId, Page, Principal, Store, StoreError, TokenKind,
+    App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord, CheckUpdate,
+    DeleteOutcome, EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord, NewCertificate, Org, OrgId,
+    Page, Principal, Store, StoreError, TokenKind,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -112,6 +114,8 @@ impl SqlStore {
             "apps",
             "hostnames",
             "certificates",
+            "challenges",
+            "edges",
         ] {
             let rows: Vec<String> =
                 sqlx::query_scalar(&format!("SELECT CAST(t AS TEXT) FROM {table} t"))
@@ -256,8 +260,6 @@ fn app_from_row(row: &AnyRow) -> Result<App, StoreError> {
     let dedicated_ipv4 = dedicated_ipv4
         .map(|ip| ip.parse().map_err(|_| corrupt("dedicated ipv4", &ip)))
         .transpose()?;
-    let backends: Vec<String> =
-        serde_json::from_str(&backends).map_err(|_| corrupt("backends", &backends))?;
     Ok(App {
         id: AppId(row.try_get("id")?),
         org_id: OrgId(row.try_get("org_id")?),
@@ -265,12 +267,19 @@ fn app_from_row(row: &AnyRow) -> Result<App, StoreError> {
         token: OwnershipToken::from_stored(row.try_get("token")?),
         ipv6: ipv6.parse().map_err(|_| corrupt("ipv6", &ipv6))?,
         dedicated_ipv4,
-        backends: backends
-            .iter()
-            .map(|b| AppBackend::parse(b).map_err(|_| corrupt("backend", b)))
-            .collect::<Result<_, _>>()?,
+        backends: parse_backends(&backends)?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// An app's backends from their stored JSON array.
+fn parse_backends(json: &str) -> Result<Vec<AppBackend>, StoreError> {
+    let backends: Vec<String> =
+        serde_json::from_str(json).map_err(|_| corrupt("backends", json))?;
+    backends
+        .iter()
+        .map(|b| AppBackend::parse(b).map_err(|_| corrupt("backend", b)))
+        .collect()
 }
 
 fn hostname_from_row(row: &AnyRow) -> Result<HostnameRecord, StoreError> {
@@ -506,6 +515,120 @@ async fn bump(
     Ok(())
 }
 
+const CHALLENGE_COLUMNS: &str = "hostname, kind, token, key_authorization, expires_at";
+
+fn challenge_from_row(row: &AnyRow) -> Result<ChallengeRecord, StoreError> {
+    let hostname: String = row.try_get("hostname")?;
+    let kind: String = row.try_get("kind")?;
+    Ok(ChallengeRecord {
+        hostname: Hostname::from_stored(&hostname),
+        kind: ChallengeKind::parse(&kind).ok_or_else(|| corrupt("challenge kind", &kind))?,
+        token: row.try_get("token")?,
+        key_authorization: row.try_get("key_authorization")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// How many hostnames one statement of an edge snapshot binds (well under the parameter limits
+/// of both backends).
+const NAMES_PER_QUERY: usize = 500;
+
+/// `$1, $2, ...`: one placeholder per value.
+fn placeholders(count: usize) -> String {
+    (1..=count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What edges serve for each of `names`, in the order given, leaving out the names with nothing
+/// to serve. Three queries per [`NAMES_PER_QUERY`] names: holders, certificates, challenges.
+async fn edge_records(
+    conn: &mut AnyConnection,
+    names: &[String],
+) -> Result<Vec<EdgeHostRecord>, StoreError> {
+    let mut records = Vec::with_capacity(names.len());
+    for chunk in names.chunks(NAMES_PER_QUERY) {
+        let list = placeholders(chunk.len());
+        let sql = format!(
+            "SELECT h.hostname, h.ownership_verified, a.id, a.name, a.backends \
+             FROM hostnames h JOIN apps a ON a.id = h.app_id WHERE h.hostname IN ({list})"
+        );
+        let mut query = sqlx::query(&sql);
+        for name in chunk {
+            query = query.bind(name.as_str());
+        }
+        let mut apps = HashMap::new();
+        for row in query.fetch_all(&mut *conn).await? {
+            let app_name: String = row.try_get("name")?;
+            let backends: String = row.try_get("backends")?;
+            let app = EdgeApp {
+                id: AppId(row.try_get("id")?),
+                name: AppName::parse(&app_name).map_err(|_| corrupt("app name", &app_name))?,
+                backends: parse_backends(&backends)?,
+                ownership_verified: row.try_get::<i64, _>("ownership_verified")? != 0,
+            };
+            apps.insert(row.try_get::<String, _>("hostname")?, app);
+        }
+
+        // Certificates are served only for hostnames whose holder proved ownership.
+        let verified: Vec<&str> = chunk
+            .iter()
+            .filter(|name| apps.get(*name).is_some_and(|app| app.ownership_verified))
+            .map(String::as_str)
+            .collect();
+        let mut certificates: HashMap<String, Vec<CertificateRecord>> = HashMap::new();
+        if !verified.is_empty() {
+            let sql = format!(
+                "SELECT {CERT_COLUMNS} FROM certificates WHERE hostname IN ({}) \
+                 ORDER BY hostname, source, key_type",
+                placeholders(verified.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for name in &verified {
+                query = query.bind(*name);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let cert = certificate_from_row(&row)?;
+                certificates
+                    .entry(cert.hostname.as_str().to_owned())
+                    .or_default()
+                    .push(cert);
+            }
+        }
+
+        let sql = format!(
+            "SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE hostname IN ({list}) \
+             ORDER BY hostname, kind, token"
+        );
+        let mut query = sqlx::query(&sql);
+        for name in chunk {
+            query = query.bind(name.as_str());
+        }
+        let mut challenges: HashMap<String, Vec<ChallengeRecord>> = HashMap::new();
+        for row in query.fetch_all(&mut *conn).await? {
+            let challenge = challenge_from_row(&row)?;
+            challenges
+                .entry(challenge.hostname.as_str().to_owned())
+                .or_default()
+                .push(challenge);
+        }
+
+        for name in chunk {
+            let record = EdgeHostRecord {
+                hostname: Hostname::from_stored(name),
+                app: apps.remove(name),
+                certificates: certificates.remove(name).unwrap_or_default(),
+                challenges: challenges.remove(name).unwrap_or_default(),
+            };
+            if !record.certificates.is_empty() || !record.challenges.is_empty() {
+                records.push(record);
+            }
+        }
+    }
+    Ok(records)
+}
+
 /// `(app_id, hostname)` rows of due checks.
 fn due_rows(rows: &[AnyRow]) -> Result<Vec<(AppId, Hostname)>, StoreError> {
     rows.iter()
@@ -517,6 +640,18 @@ fn due_rows(rows: &[AnyRow]) -> Result<Vec<(AppId, Hostname)>, StoreError> {
 }
 
 impl SqlStore {
+    /// A read transaction that sees one snapshot of the database throughout: SQLite's WAL gives
+    /// each read transaction one; PostgreSQL's default (read committed) takes one per statement.
+    async fn read_snapshot(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let mut tx = self.reader.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
     async fn try_create_app(
         &self,
         org: OrgId,
@@ -629,6 +764,22 @@ impl Store for SqlStore {
         let mut tx = self.writer.begin().await?;
         let org = insert_org(&mut tx, name.as_str(), slug.as_str(), false).await?;
         insert_api_token(&mut tx, org.id, token, TokenKind::Org).await?;
+        tx.commit().await?;
+        Ok(org)
+    }
+
+    async fn create_edge_token(&self, token: &TokenHash) -> Result<Org, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let org = sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS} FROM orgs o WHERE o.is_admin = 1 ORDER BY o.id LIMIT 1"
+        ))
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(org_from_row)
+        .transpose()?
+        .ok_or(StoreError::NoAdminOrg)?;
+        insert_api_token(&mut tx, org.id, token, TokenKind::Edge).await?;
         tx.commit().await?;
         Ok(org)
     }
@@ -1019,11 +1170,16 @@ impl Store for SqlStore {
     }
 
     async fn latest_revision(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM revisions")
-                .fetch_one(&self.reader)
-                .await?,
+        // Never below what compaction deleted, even when it deleted everything: a snapshot taken
+        // at this revision must not look stale.
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(revision) FROM ( \
+               SELECT COALESCE(MAX(revision), 0) AS revision FROM revisions \
+               UNION ALL SELECT compacted_through FROM revision_compaction \
+             ) latest",
         )
+        .fetch_one(&self.reader)
+        .await?)
     }
 
     async fn holder_verified(&self, hostname: &Hostname) -> Result<Option<bool>, StoreError> {
@@ -1236,5 +1392,164 @@ impl Store for SqlStore {
             .fetch_optional(&self.reader)
             .await?;
         Ok(found.is_some())
+    }
+
+    async fn record_edge(&self, id: &str, revision: i64, seen_at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO edges (id, revision, first_seen, last_seen) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (id) DO UPDATE SET revision = excluded.revision, \
+             last_seen = excluded.last_seen",
+        )
+        .bind(id)
+        .bind(revision)
+        .bind(seen_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
+        let rows = sqlx::query("SELECT id, revision, first_seen, last_seen FROM edges ORDER BY id")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EdgeRecord {
+                    id: row.try_get("id")?,
+                    revision: row.try_get("revision")?,
+                    first_seen: row.try_get("first_seen")?,
+                    last_seen: row.try_get("last_seen")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO challenges (hostname, kind, token, key_authorization, created_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (hostname, kind, token) DO UPDATE SET \
+             key_authorization = excluded.key_authorization, expires_at = excluded.expires_at",
+        )
+        .bind(challenge.hostname.as_str())
+        .bind(challenge.kind.as_str())
+        .bind(&challenge.token)
+        .bind(&challenge.key_authorization)
+        .bind(now())
+        .bind(challenge.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        bump(&mut tx, self.backend, &[challenge.hostname.as_str()]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_challenge(
+        &self,
+        hostname: &Hostname,
+        kind: ChallengeKind,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let removed =
+            sqlx::query("DELETE FROM challenges WHERE hostname = $1 AND kind = $2 AND token = $3")
+                .bind(hostname.as_str())
+                .bind(kind.as_str())
+                .bind(token)
+                .execute(&mut *tx)
+                .await?;
+        if removed.rows_affected() == 0 {
+            // Nothing an edge serves changed: no revision.
+            return Ok(false);
+        }
+        bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn edge_host(&self, hostname: &Hostname) -> Result<Option<EdgeHostRecord>, StoreError> {
+        let mut tx = self.read_snapshot().await?;
+        let mut records = edge_records(&mut tx, &[hostname.as_str().to_owned()]).await?;
+        tx.commit().await?;
+        Ok(records.pop())
+    }
+
+    async fn edge_hosts(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EdgeHostRecord>, StoreError> {
+        let mut tx = self.read_snapshot().await?;
+        // The first `limit` served names of each kind, merged: each side walks its index in
+        // name order from `after` and stops early, so a page costs the same at the start and the
+        // end of 100k names (the certificates' redundant `> $1` lets a merge join start there
+        // too).
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT hostname FROM ( \
+               SELECT hostname FROM ( \
+                 SELECT h.hostname FROM hostnames h \
+                 WHERE h.hostname > $1 AND h.ownership_verified = 1 \
+                 AND EXISTS (SELECT 1 FROM certificates c \
+                   WHERE c.hostname = h.hostname AND c.hostname > $1) \
+                 ORDER BY h.hostname LIMIT $2) served \
+               UNION \
+               SELECT hostname FROM ( \
+                 SELECT DISTINCT hostname FROM challenges WHERE hostname > $1 \
+                 ORDER BY hostname LIMIT $2) answered \
+             ) names ORDER BY hostname LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let records = edge_records(&mut tx, &names).await?;
+        tx.commit().await?;
+        Ok(records)
+    }
+
+    async fn hostname_revision(&self, hostname: &Hostname) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(MAX(revision), 0) FROM revisions WHERE hostname = $1",
+        )
+        .bind(hostname.as_str())
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    async fn compact_revisions(&self, keep: u64) -> Result<u64, StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let mut tx = self.writer.begin().await?;
+        // The newest entry to delete. Entries of transactions still running (PostgreSQL) are
+        // numbered above every committed one (see `bump`), so none of them is deleted.
+        let through: Option<i64> = sqlx::query_scalar(
+            "SELECT revision FROM revisions ORDER BY revision DESC LIMIT 1 OFFSET $1",
+        )
+        .bind(keep)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(through) = through else {
+            return Ok(0);
+        };
+        let deleted = sqlx::query("DELETE FROM revisions WHERE revision <= $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE revision_compaction SET compacted_through = $1 WHERE compacted_through < $1",
+        )
+        .bind(through)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn compacted_through(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT compacted_through FROM revision_compaction")
+                .fetch_one(&self.reader)
+                .await?,
+        )
     }
 }

@@ -8,7 +8,8 @@ use certplane_domain::{
     OrgSlug,
 };
 use certplane_store::{
-    CertSource, CheckUpdate, DeleteOutcome, NewCertificate, Org, Store, StoreError, TokenKind,
+    AppId, CertSource, ChallengeKind, ChallengeRecord, CheckUpdate, DeleteOutcome, EdgeRecord,
+    NewCertificate, Org, Store, StoreError, TokenKind,
 };
 use certplane_test_support::TestDb;
 
@@ -52,6 +53,12 @@ suite!(
     concurrent_claims_take_each_check_once,
     serving_changes_are_logged_in_order,
     a_follower_never_misses_a_revision,
+    edge_tokens_belong_to_the_admin_org,
+    edges_report_their_revision,
+    challenges_are_served_and_logged,
+    edges_serve_certificates_of_verified_hostnames,
+    edge_snapshot_pages_match_edge_host,
+    revisions_per_hostname_and_compaction,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -953,7 +960,7 @@ async fn serving_changes_are_logged_in_order(db: &TestDb) {
         .delete_app(o.id, &app_name("rev"))
         .await
         .expect("delete app");
-    let expected = vec![
+    let expected = [
         // Adding the hostnames changes nothing an edge serves: no revision.
         "www.rev.example", // custom imported
         "www.rev.example", // ownership verified: now served
@@ -1044,5 +1051,620 @@ async fn a_follower_never_misses_a_revision(db: &TestDb) {
     assert_eq!(
         seen, all,
         "the follower saw every revision, in order, none filled in behind it"
+    );
+}
+
+async fn edge_tokens_belong_to_the_admin_org(db: &TestDb) {
+    let store = db.store();
+    let edge_token = ApiToken::generate();
+    let err = store
+        .create_edge_token(&edge_token.hash())
+        .await
+        .expect_err("no admin yet");
+    assert!(matches!(err, StoreError::NoAdminOrg), "{err:?}");
+    assert_eq!(
+        store.principal(&edge_token.hash()).await.expect("lookup"),
+        None,
+        "a refused edge token authenticates nobody"
+    );
+
+    let admin_token = ApiToken::generate();
+    let admin = store
+        .bootstrap_admin(&admin_token.hash())
+        .await
+        .expect("bootstrap");
+    let customer = org(&store, "Customer").await;
+    let held_by = store
+        .create_edge_token(&edge_token.hash())
+        .await
+        .expect("edge token");
+    assert_eq!(held_by, admin);
+    let p = store
+        .principal(&edge_token.hash())
+        .await
+        .expect("lookup")
+        .expect("known");
+    assert_eq!((p.kind, p.org.id), (TokenKind::Edge, admin.id));
+    assert_ne!(p.org.id, customer.id);
+    // The operator's token is still the operator's.
+    let p = store
+        .principal(&admin_token.hash())
+        .await
+        .expect("lookup")
+        .expect("known");
+    assert_eq!(p.kind, TokenKind::Admin);
+}
+
+async fn edges_report_their_revision(db: &TestDb) {
+    let store = db.store();
+    assert!(store.edges().await.expect("edges").is_empty());
+    store.record_edge("edge-b", 7, 100).await.expect("record");
+    store.record_edge("edge-a", 5, 110).await.expect("record");
+    store.record_edge("edge-b", 9, 120).await.expect("record");
+    // edge-a restarted and took a fresh snapshot at a lower revision.
+    store.record_edge("edge-a", 2, 130).await.expect("record");
+    assert_eq!(
+        store.edges().await.expect("edges"),
+        vec![
+            EdgeRecord {
+                id: "edge-a".into(),
+                revision: 2,
+                first_seen: 110,
+                last_seen: 130,
+            },
+            EdgeRecord {
+                id: "edge-b".into(),
+                revision: 9,
+                first_seen: 100,
+                last_seen: 120,
+            },
+        ]
+    );
+}
+
+fn challenge(name: &str, kind: ChallengeKind, token: &str, key_auth: &str) -> ChallengeRecord {
+    ChallengeRecord {
+        hostname: host(name),
+        kind,
+        token: token.into(),
+        key_authorization: key_auth.into(),
+        expires_at: 9_000,
+    }
+}
+
+/// The hostnames the log names after revision `after`.
+async fn logged(store: &Arc<dyn Store>, after: i64) -> Vec<String> {
+    store
+        .changes_since(after, 10_000)
+        .await
+        .expect("changes")
+        .into_iter()
+        .map(|(_, h)| h.as_str().to_owned())
+        .collect()
+}
+
+async fn challenges_are_served_and_logged(db: &TestDb) {
+    let store = db.store();
+    let h = host("acme.challenge.example");
+    assert_eq!(ChallengeKind::Http01.as_str(), "http-01");
+    assert_eq!(ChallengeKind::TlsAlpn01.as_str(), "tls-alpn-01");
+    assert_eq!(store.edge_host(&h).await.expect("edge host"), None);
+
+    // No app holds the hostname: the answer is served all the same.
+    let start = store.latest_revision().await.expect("latest");
+    let http = challenge(h.as_str(), ChallengeKind::Http01, "tok-1", "tok-1.thumb");
+    store.put_challenge(&http).await.expect("put");
+    assert_eq!(logged(&store, start).await, vec![h.as_str()]);
+    let served = store
+        .edge_host(&h)
+        .await
+        .expect("edge host")
+        .expect("served");
+    assert_eq!(served.hostname, h);
+    assert_eq!(served.app, None);
+    assert!(served.certificates.is_empty());
+    assert_eq!(served.challenges, vec![http.clone()]);
+
+    // Putting the same challenge again replaces its answer (and is logged).
+    let replaced = ChallengeRecord {
+        key_authorization: "tok-1.other".into(),
+        expires_at: 9_500,
+        ..http.clone()
+    };
+    store.put_challenge(&replaced).await.expect("put again");
+    let alpn = challenge(h.as_str(), ChallengeKind::TlsAlpn01, "tok-1", "alpn");
+    store.put_challenge(&alpn).await.expect("put alpn");
+    let other = challenge("other.challenge.example", ChallengeKind::Http01, "t", "t.k");
+    store.put_challenge(&other).await.expect("put other");
+    assert_eq!(
+        logged(&store, start).await,
+        vec![
+            h.as_str(),
+            h.as_str(),
+            h.as_str(),
+            "other.challenge.example"
+        ]
+    );
+    let served = store
+        .edge_host(&h)
+        .await
+        .expect("edge host")
+        .expect("served");
+    assert_eq!(served.challenges, vec![replaced.clone(), alpn.clone()]);
+
+    // Removing is logged; removing what is not there is not.
+    let before = store.latest_revision().await.expect("latest");
+    assert!(
+        store
+            .remove_challenge(&h, ChallengeKind::Http01, "tok-1")
+            .await
+            .expect("remove")
+    );
+    assert_eq!(logged(&store, before).await, vec![h.as_str()]);
+    let before = store.latest_revision().await.expect("latest");
+    assert!(
+        !store
+            .remove_challenge(&h, ChallengeKind::Http01, "tok-1")
+            .await
+            .expect("remove again")
+    );
+    assert!(
+        !store
+            .remove_challenge(&h, ChallengeKind::TlsAlpn01, "tok-2")
+            .await
+            .expect("remove unknown token")
+    );
+    assert!(logged(&store, before).await.is_empty());
+    assert_eq!(
+        store
+            .edge_host(&h)
+            .await
+            .expect("edge host")
+            .expect("served")
+            .challenges,
+        vec![alpn]
+    );
+    assert!(
+        store
+            .remove_challenge(&h, ChallengeKind::TlsAlpn01, "tok-1")
+            .await
+            .expect("remove")
+    );
+    // Nothing left to serve: edges drop the name.
+    assert_eq!(store.edge_host(&h).await.expect("edge host"), None);
+    assert_eq!(
+        logged(&store, before).await,
+        vec![h.as_str()],
+        "the last removal is logged so edges drop the name"
+    );
+    assert!(
+        store
+            .edge_host(&host("other.challenge.example"))
+            .await
+            .expect("edge host")
+            .is_some()
+    );
+}
+
+fn verified_at(checked_at: i64) -> CheckUpdate {
+    CheckUpdate {
+        verified: true,
+        configured: true,
+        report: "{}".into(),
+        checked_at,
+        next_check_at: checked_at + 3_600,
+        failures: 0,
+    }
+}
+
+async fn edges_serve_certificates_of_verified_hostnames(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Edge").await;
+    let backends = vec![Backend::parse("10.0.0.7:8080").expect("valid")];
+    let app = store
+        .create_app(o.id, &app_name("edge-app"), &backends, &prefix(), None)
+        .await
+        .expect("app");
+    let h = host("www.edge.example");
+    let far = i64::MAX / 2;
+
+    // A certificate of a hostname whose ownership is not proven is not served.
+    store
+        .import_custom(app.id, &h, &cert(CertSource::Custom, "ecdsa", "c1", far))
+        .await
+        .expect("import");
+    assert_eq!(store.edge_host(&h).await.expect("edge host"), None);
+
+    // A challenge answer is served, with the app, but still without the certificate.
+    let answer = challenge(h.as_str(), ChallengeKind::TlsAlpn01, "tok", "tok.thumb");
+    store.put_challenge(&answer).await.expect("put");
+    let served = store
+        .edge_host(&h)
+        .await
+        .expect("edge host")
+        .expect("served");
+    let app_of = served.app.clone().expect("held");
+    assert_eq!(
+        (
+            app_of.id,
+            app_of.name.as_str(),
+            app_of.backends.clone(),
+            app_of.ownership_verified
+        ),
+        (app.id, "edge-app", backends.clone(), false)
+    );
+    assert!(served.certificates.is_empty());
+    assert_eq!(served.challenges, vec![answer.clone()]);
+
+    // Verified: the certificates are served too.
+    store
+        .record_check(app.id, &h, &verified_at(1_000))
+        .await
+        .expect("check")
+        .expect("exists");
+    store
+        .store_acme_certificate(app.id, &h, &cert(CertSource::Acme, "rsa", "a1", far))
+        .await
+        .expect("acme")
+        .expect("exists");
+    let served = store
+        .edge_host(&h)
+        .await
+        .expect("edge host")
+        .expect("served");
+    assert!(served.app.as_ref().expect("held").ownership_verified);
+    assert_eq!(
+        served.certificates,
+        store.certificates(app.id, &h).await.expect("certificates")
+    );
+    let fingerprints: Vec<&str> = served
+        .certificates
+        .iter()
+        .map(|c| c.cert.fingerprint.as_str())
+        .collect();
+    assert_eq!(fingerprints, vec!["a1", "c1"]);
+    assert_eq!(
+        served.certificates[0].cert.key_sealed,
+        vec![1, 2, 3, 0, 255]
+    );
+
+    // Without the challenge the certificates alone keep it served.
+    assert!(
+        store
+            .remove_challenge(&h, ChallengeKind::TlsAlpn01, "tok")
+            .await
+            .expect("remove")
+    );
+    let served = store
+        .edge_host(&h)
+        .await
+        .expect("edge host")
+        .expect("served");
+    assert!(served.challenges.is_empty());
+    assert_eq!(served.certificates.len(), 2);
+
+    // New backends are what edges route to, and the change is logged.
+    let before = store.latest_revision().await.expect("latest");
+    let moved = vec![Backend::parse("10.0.0.8:9090").expect("valid")];
+    store
+        .set_backends(o.id, &app_name("edge-app"), &moved)
+        .await
+        .expect("backends")
+        .expect("found");
+    assert_eq!(logged(&store, before).await, vec![h.as_str()]);
+    assert_eq!(
+        store
+            .edge_host(&h)
+            .await
+            .expect("edge host")
+            .expect("served")
+            .app
+            .expect("held")
+            .backends,
+        moved
+    );
+
+    // Ownership lost: nothing to serve any more.
+    let lost = CheckUpdate {
+        verified: false,
+        failures: 1,
+        ..verified_at(2_000)
+    };
+    store
+        .record_check(app.id, &h, &lost)
+        .await
+        .expect("check")
+        .expect("exists");
+    assert_eq!(store.edge_host(&h).await.expect("edge host"), None);
+    store
+        .record_check(app.id, &h, &verified_at(3_000))
+        .await
+        .expect("check")
+        .expect("exists");
+    assert!(store.edge_host(&h).await.expect("edge host").is_some());
+
+    // Deleting the hostname is logged and leaves nothing to serve.
+    let before = store.latest_revision().await.expect("latest");
+    assert_eq!(
+        store
+            .delete_hostname(app.id, &h, DeleteScope::All)
+            .await
+            .expect("delete"),
+        DeleteOutcome::Removed
+    );
+    assert_eq!(logged(&store, before).await, vec![h.as_str()]);
+    assert_eq!(store.edge_host(&h).await.expect("edge host"), None);
+
+    // Deleting the app is logged; a challenge of its hostname outlives it, without the app.
+    let h2 = host("api.edge.example");
+    store
+        .import_custom(app.id, &h2, &cert(CertSource::Custom, "ecdsa", "c2", far))
+        .await
+        .expect("import");
+    store
+        .record_check(app.id, &h2, &verified_at(1_000))
+        .await
+        .expect("check")
+        .expect("exists");
+    let answer2 = challenge(h2.as_str(), ChallengeKind::Http01, "t2", "t2.k");
+    store.put_challenge(&answer2).await.expect("put");
+    let before = store.latest_revision().await.expect("latest");
+    assert!(
+        store
+            .delete_app(o.id, &app_name("edge-app"))
+            .await
+            .expect("delete app")
+    );
+    assert_eq!(logged(&store, before).await, vec![h2.as_str()]);
+    let served = store
+        .edge_host(&h2)
+        .await
+        .expect("edge host")
+        .expect("served");
+    assert_eq!(served.app, None);
+    assert!(served.certificates.is_empty());
+    assert_eq!(served.challenges, vec![answer2]);
+}
+
+async fn edge_snapshot_pages_match_edge_host(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Snapshot").await;
+    let app = store
+        .create_app(
+            o.id,
+            &app_name("snap"),
+            &[Backend::parse("10.0.0.9:80").expect("valid")],
+            &prefix(),
+            None,
+        )
+        .await
+        .expect("app");
+    let far = i64::MAX / 2;
+    let mut candidates = Vec::new();
+    let mut add = |name: &str| {
+        let h = host(name);
+        candidates.push(h.clone());
+        h
+    };
+    let import = |app: AppId, h: Hostname, verify: bool| {
+        let store = store.clone();
+        async move {
+            store
+                .import_custom(app, &h, &cert(CertSource::Custom, "ecdsa", h.as_str(), far))
+                .await
+                .expect("import");
+            if verify {
+                store
+                    .record_check(app, &h, &verified_at(1_000))
+                    .await
+                    .expect("check")
+                    .expect("exists");
+            }
+        }
+    };
+    // Served: verified with a certificate (one a wildcard).
+    for name in ["a.snap.example", "*.wild.snap.example", "m.snap.example"] {
+        import(app.id, add(name), true).await;
+    }
+    // Not served: a certificate without proven ownership; ownership without a certificate.
+    import(app.id, add("b.snap.example"), false).await;
+    let bare = add("c.snap.example");
+    store.request_acme(app.id, &bare).await.expect("add");
+    store
+        .record_check(app.id, &bare, &verified_at(1_000))
+        .await
+        .expect("check")
+        .expect("exists");
+    // Served through challenges: unverified with a certificate, held without one, not held;
+    // and verified with a certificate and a challenge.
+    let unverified = add("d.snap.example");
+    import(app.id, unverified.clone(), false).await;
+    let held = add("e.snap.example");
+    store.request_acme(app.id, &held).await.expect("add");
+    let free = add("z.snap.example");
+    let both = host("m.snap.example");
+    for (i, h) in [&unverified, &held, &free, &both, &free]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .put_challenge(&challenge(
+                h.as_str(),
+                ChallengeKind::Http01,
+                &format!("t{i}"),
+                "k",
+            ))
+            .await
+            .expect("put");
+    }
+    // Enough challenge-only names that one page spans more than one chunk of queries.
+    for i in 0..1100 {
+        let h = add(&format!("n{i:04}.bulk.snap.example"));
+        store
+            .put_challenge(&challenge(h.as_str(), ChallengeKind::TlsAlpn01, "t", "k"))
+            .await
+            .expect("put");
+    }
+
+    let mut expected = Vec::new();
+    for h in &candidates {
+        if let Some(record) = store.edge_host(h).await.expect("edge host") {
+            expected.push(record);
+        }
+    }
+    expected.sort_by(|a, b| a.hostname.as_str().cmp(b.hostname.as_str()));
+    let served: Vec<&str> = expected
+        .iter()
+        .map(|r| r.hostname.as_str())
+        .filter(|n| !n.ends_with(".bulk.snap.example"))
+        .collect();
+    assert_eq!(
+        served,
+        vec![
+            "*.wild.snap.example",
+            "a.snap.example",
+            "d.snap.example",
+            "e.snap.example",
+            "m.snap.example",
+            "z.snap.example",
+        ]
+    );
+    assert_eq!(expected.len(), 1106);
+    let m = expected
+        .iter()
+        .find(|r| r.hostname.as_str() == "m.snap.example")
+        .expect("m");
+    assert_eq!((m.certificates.len(), m.challenges.len()), (1, 1));
+    let z = expected
+        .iter()
+        .find(|r| r.hostname.as_str() == "z.snap.example")
+        .expect("z");
+    assert_eq!((z.app.is_none(), z.challenges.len()), (true, 2));
+
+    for limit in [1u32, 7, 1000, 5000] {
+        let mut got = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .edge_hosts(after.as_deref(), limit)
+                .await
+                .expect("page");
+            assert!(page.len() <= limit as usize);
+            let Some(last) = page.last() else { break };
+            after = Some(last.hostname.as_str().to_owned());
+            got.extend(page);
+        }
+        assert_eq!(
+            got, expected,
+            "pages of {limit} equal edge_host, in byte order"
+        );
+    }
+    assert!(
+        store
+            .edge_hosts(Some("z.snap.example"), 10)
+            .await
+            .expect("page")
+            .is_empty()
+    );
+    assert!(store.edge_hosts(None, 0).await.expect("page").is_empty());
+}
+
+async fn revisions_per_hostname_and_compaction(db: &TestDb) {
+    let store = db.store();
+    let a = host("a.compact.example");
+    let b = host("b.compact.example");
+    assert_eq!(store.hostname_revision(&a).await.expect("revision"), 0);
+    assert_eq!(store.compacted_through().await.expect("compacted"), 0);
+    assert_eq!(store.compact_revisions(10).await.expect("compact"), 0);
+    assert_eq!(store.compacted_through().await.expect("compacted"), 0);
+
+    for i in 0..5 {
+        for h in [&a, &b] {
+            store
+                .put_challenge(&challenge(
+                    h.as_str(),
+                    ChallengeKind::Http01,
+                    &format!("t{i}"),
+                    "k",
+                ))
+                .await
+                .expect("put");
+        }
+    }
+    let log = store.changes_since(0, 100).await.expect("log");
+    assert_eq!(log.len(), 10);
+    let newest = |h: &Hostname| {
+        log.iter()
+            .filter(|(_, x)| x == h)
+            .map(|(rev, _)| *rev)
+            .max()
+            .expect("logged")
+    };
+    assert_eq!(
+        store.hostname_revision(&a).await.expect("revision"),
+        newest(&a)
+    );
+    assert_eq!(
+        store.hostname_revision(&b).await.expect("revision"),
+        newest(&b)
+    );
+    assert!(newest(&a) < newest(&b));
+    assert_eq!(
+        store
+            .hostname_revision(&host("never.compact.example"))
+            .await
+            .expect("revision"),
+        0
+    );
+
+    // Keep the newest 3: the 7 older ones go.
+    assert_eq!(store.compact_revisions(3).await.expect("compact"), 7);
+    assert_eq!(
+        store.compacted_through().await.expect("compacted"),
+        log[6].0
+    );
+    assert_eq!(
+        store.changes_since(0, 100).await.expect("log"),
+        log[7..].to_vec()
+    );
+    assert_eq!(store.latest_revision().await.expect("latest"), log[9].0);
+    // Nothing beyond what is kept: no change, and compacted_through never goes down.
+    assert_eq!(store.compact_revisions(3).await.expect("compact"), 0);
+    assert_eq!(store.compact_revisions(100).await.expect("compact"), 0);
+    assert_eq!(
+        store.compacted_through().await.expect("compacted"),
+        log[6].0
+    );
+
+    // Compacting everything: the latest revision stays where it was, and revision numbers are
+    // never reused.
+    assert_eq!(store.compact_revisions(0).await.expect("compact"), 3);
+    assert_eq!(
+        store.compacted_through().await.expect("compacted"),
+        log[9].0
+    );
+    assert!(store.changes_since(0, 100).await.expect("log").is_empty());
+    assert_eq!(store.latest_revision().await.expect("latest"), log[9].0);
+    assert_eq!(store.hostname_revision(&a).await.expect("revision"), 0);
+    assert!(
+        store
+            .remove_challenge(&a, ChallengeKind::Http01, "t0")
+            .await
+            .expect("remove")
+    );
+    let next = store.changes_since(0, 100).await.expect("log");
+    assert_eq!(next.len(), 1);
+    assert!(
+        next[0].0 > log[9].0,
+        "a new revision is above every compacted one"
+    );
+    assert_eq!(
+        store.hostname_revision(&a).await.expect("revision"),
+        next[0].0
+    );
+    assert_eq!(store.latest_revision().await.expect("latest"), next[0].0);
+    assert_eq!(
+        store.compacted_through().await.expect("compacted"),
+        log[9].0
     );
 }

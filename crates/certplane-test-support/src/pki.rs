@@ -167,6 +167,23 @@ impl Pki {
         (read(&cert), read(&key))
     }
 
+    /// A leaf for `sans` with an RSA key of `bits` (or ECDSA P-256 when `None`), valid from
+    /// `not_before` to `not_after` (unix seconds, either may be in the past), signed by the
+    /// intermediate. Returns (leaf_pem, key_pem).
+    pub fn leaf_with(
+        &self,
+        sans: &[&str],
+        rsa_bits: Option<u32>,
+        not_before: i64,
+        not_after: i64,
+    ) -> (String, String) {
+        let alg = rsa_bits.map_or(KeyAlg::P256, KeyAlg::Rsa);
+        let mut spec = Spec::server(sans, rsa_bits.is_some());
+        spec.not_before = not_before;
+        spec.not_after = not_after;
+        self.keyed_leaf(alg, &spec)
+    }
+
     /// Signs a leaf for `key` with the intermediate.
     fn issue(&self, key: &Path, spec: &Spec) -> PathBuf {
         let issuer = if spec.self_signed {

@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole platform on this machine (API, and more as certplane grows).
+    /// Run the whole platform on this machine: API, background checks, propagation and one edge.
     Serve {
         /// TOML configuration file; every key is optional.
         #[arg(long)]
@@ -37,6 +37,10 @@ enum Command {
         token: String,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The id the control plane knows this edge by (default: edge.id, else
+        /// `<host name>:<https port>`).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Hostnames and their certificates.
     Certs {
@@ -117,9 +121,38 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        Command::Edge { .. } => fail(
-            "`certplane edge` is not supported yet by this version: edges and propagation come with a later release",
-        ),
+        Command::Edge {
+            control_plane,
+            token,
+            config,
+            id,
+        } => {
+            init_logging();
+            let mut config = match Config::load(config.as_deref(), |k| std::env::var(k).ok()) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            if let Some(id) = id {
+                config.edge.id = id;
+            }
+            let options = certplane_server::edge_options(&config, control_plane, token);
+            let ran = runtime.block_on(certplane_edge::run(
+                options,
+                certplane_server::shutdown_signal(),
+                |addrs| {
+                    eprintln!(
+                        "edge serving: https {} http {} admin {}",
+                        addrs.https,
+                        addrs.http,
+                        addrs.admin.map(|a| a.to_string()).unwrap_or_default()
+                    )
+                },
+            ));
+            match ran {
+                Ok(()) | Err(certplane_edge::EdgeError::StoppedBeforeReady) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
         Command::Certs { command, api } => {
             customer(&runtime, CustomerCommand::Certs(command), &api)
         }

@@ -26,6 +26,10 @@ impl Serve {
             // Background checks ask a loopback port where nothing answers: tests send no DNS
             // queries off this machine.
             .env("CERTPLANE_DNS_NAMESERVERS", "127.0.0.1:9")
+            // The built-in edge on free loopback ports, never 443/80 of the machine.
+            .env("CERTPLANE_EDGE_HTTPS_LISTEN", "127.0.0.1:0")
+            .env("CERTPLANE_EDGE_HTTP_LISTEN", "127.0.0.1:0")
+            .env("CERTPLANE_EDGE_ADMIN_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in extra_env {

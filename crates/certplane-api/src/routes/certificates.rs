@@ -7,6 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use certplane_api_types::{
     AddAcmeRequest, CertificateDetail, CertificateList, ErrorBody, ImportCustomRequest,
+    PropagationStatus,
 };
 use certplane_domain::{DeleteScope, Hostname};
 use certplane_store::{
@@ -31,6 +32,79 @@ pub struct ListParams {
     cursor: Option<String>,
     /// Page size, 1 to 500 (default 25).
     limit: Option<u32>,
+}
+
+/// `?wait=propagated[&timeout=SECONDS]` on calls that change what edges serve.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitParams {
+    /// `propagated`: answer only once every live edge serves the change.
+    wait: Option<String>,
+    /// Seconds to wait for the edges, 1 to 300 (default 30); then 504 PROPAGATION_TIMEOUT.
+    timeout: Option<u64>,
+}
+
+pub const DEFAULT_WAIT_SECS: u64 = 30;
+pub const MAX_WAIT_SECS: u64 = 300;
+
+impl WaitParams {
+    /// The wait asked for, refused before anything is changed when it is malformed.
+    fn parse(&self) -> Result<Option<std::time::Duration>, ApiError> {
+        match self.wait.as_deref() {
+            None => Ok(None),
+            Some("propagated") => {
+                let secs = self.timeout.unwrap_or(DEFAULT_WAIT_SECS);
+                if !(1..=MAX_WAIT_SECS).contains(&secs) {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "WAIT_TIMEOUT_OUT_OF_RANGE",
+                        format!("timeout={secs} is out of range"),
+                        format!("Give a timeout from 1 to {MAX_WAIT_SECS} seconds."),
+                    ));
+                }
+                Ok(Some(std::time::Duration::from_secs(secs)))
+            }
+            Some(other) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "WAIT_INVALID",
+                format!("wait={other:?} is not understood"),
+                "Use wait=propagated, or leave wait out.",
+            )),
+        }
+    }
+}
+
+/// After a change to `hostname`: wakes the feed to edges and, when asked, waits until every
+/// live edge serves it.
+async fn propagate(
+    state: &ApiState,
+    hostname: &Hostname,
+    wait: Option<std::time::Duration>,
+) -> Result<(), ApiError> {
+    state.propagation.poke();
+    let Some(timeout) = wait else {
+        return Ok(());
+    };
+    let revision = state.store.hostname_revision(hostname).await?;
+    match state.propagation.wait_for(revision, timeout).await? {
+        Ok(()) => Ok(()),
+        Err(behind) => {
+            let edges: Vec<String> = behind
+                .iter()
+                .map(|e| format!("{} (at revision {})", e.id, e.revision))
+                .collect();
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "PROPAGATION_TIMEOUT",
+                format!(
+                    "the change to {hostname} is saved (revision {revision}), but within {} s these edges did not confirm serving it: {}",
+                    timeout.as_secs(),
+                    edges.join(", ")
+                ),
+                "Nothing needs to be sent again: the edges get the change when they catch up. `GET /v1/edges` shows each edge's revision; an edge that stays behind is disconnected or failing (see its log).",
+            ))
+        }
+    }
 }
 
 /// The caller's app and one of its hostnames; anything else is 404.
@@ -60,13 +134,23 @@ async fn detail(
     record: &HostnameRecord,
 ) -> Result<CertificateDetail, ApiError> {
     let certs = state.store.certificates(app.id, &record.hostname).await?;
-    Ok(present::detail(
-        &state.platform,
-        &principal.org,
-        app,
-        record,
-        &certs,
-    ))
+    let mut detail = present::detail(&state.platform, &principal.org, app, record, &certs);
+    detail.propagation = Some(propagation_status(state, &record.hostname).await?);
+    Ok(detail)
+}
+
+async fn propagation_status(
+    state: &ApiState,
+    hostname: &Hostname,
+) -> Result<PropagationStatus, ApiError> {
+    let revision = state.store.hostname_revision(hostname).await?;
+    let (live, serving) = state.propagation.serving(revision).await?;
+    Ok(PropagationStatus {
+        revision,
+        edges_live: live as u32,
+        edges_serving: serving as u32,
+        propagated: serving == live,
+    })
 }
 
 /// The app's hostnames in name order, a page at a time.
@@ -132,7 +216,7 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
 /// 201 when the hostname is new; 200 when the app already had it (the ACME requirement is
 /// recorded either way).
 #[utoipa::path(post, path = "/v1/apps/{app}/certificates/acme", tag = "certificates",
-    params(("app" = String, Path, description = "App name")),
+    params(("app" = String, Path, description = "App name"), WaitParams),
     request_body = AddAcmeRequest,
     security(("bearer" = [])),
     responses(
@@ -146,8 +230,10 @@ pub async fn add_acme(
     State(state): State<ApiState>,
     Auth(principal): Auth,
     Path(app): Path<String>,
+    Query(wait): Query<WaitParams>,
     Json(body): Json<AddAcmeRequest>,
 ) -> Result<(StatusCode, axum::Json<CertificateDetail>), ApiError> {
+    let wait = wait.parse()?;
     let app = apps::load(&state, &principal, &app).await?;
     let hostname = Hostname::parse(&body.hostname)?;
     refuse_reserved(&state, &hostname)?;
@@ -161,13 +247,14 @@ pub async fn add_acme(
     if created {
         tracing::info!(%hostname, app = %app.name, "hostname added");
     }
+    propagate(&state, &hostname, wait).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     // A hostname created just now has no certificate yet: no need to look.
-    let detail = if created {
+    let detail = if created && wait.is_none() {
         present::detail(&state.platform, &principal.org, &app, &record, &[])
     } else {
         detail(&state, &principal, &app, &record).await?
@@ -179,7 +266,7 @@ pub async fn add_acme(
 /// when it lacks it. A hostname that already has a custom certificate gets the new one in its
 /// place, atomically. It is served once ownership is verified, in preference to ACME.
 #[utoipa::path(post, path = "/v1/apps/{app}/certificates/custom", tag = "certificates",
-    params(("app" = String, Path, description = "App name")),
+    params(("app" = String, Path, description = "App name"), WaitParams),
     request_body = ImportCustomRequest,
     security(("bearer" = [])),
     responses(
@@ -193,8 +280,10 @@ pub async fn import_custom(
     State(state): State<ApiState>,
     Auth(principal): Auth,
     Path(app): Path<String>,
+    Query(wait): Query<WaitParams>,
     Json(body): Json<ImportCustomRequest>,
 ) -> Result<(StatusCode, axum::Json<CertificateDetail>), ApiError> {
+    let wait = wait.parse()?;
     let app = apps::load(&state, &principal, &app).await?;
     let hostname = Hostname::parse(&body.hostname)?;
     refuse_reserved(&state, &hostname)?;
@@ -245,6 +334,7 @@ pub async fn import_custom(
         other => other?,
     };
     tracing::info!(%hostname, app = %app.name, fingerprint = %bundle.fingerprint, "custom certificate imported");
+    propagate(&state, &hostname, wait).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -333,23 +423,28 @@ pub async fn get_certificate(
     params(
         ("app" = String, Path, description = "App name"),
         ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+        WaitParams,
     ),
     security(("bearer" = [])),
     responses(
         (status = 200, body = CertificateDetail),
         (status = 404, description = "APP_NOT_FOUND, CERTIFICATE_NOT_FOUND", body = ErrorBody),
+        (status = 504, description = "PROPAGATION_TIMEOUT (with wait=propagated)", body = ErrorBody),
     ))]
 pub async fn check_certificate(
     State(state): State<ApiState>,
     Auth(principal): Auth,
     Path((app, hostname)): Path<(String, String)>,
+    Query(wait): Query<WaitParams>,
 ) -> Result<axum::Json<CertificateDetail>, ApiError> {
+    let wait = wait.parse()?;
     let (app, record) = load(&state, &principal, &app, &hostname).await?;
     let (record, _) = state
         .verifier
         .check_now(&principal.org, &app, &record)
         .await?
         .ok_or_else(|| ApiError::certificate_not_found(app.name.as_str(), &hostname))?;
+    propagate(&state, &record.hostname, wait).await?;
     Ok(axum::Json(detail(&state, &principal, &app, &record).await?))
 }
 
@@ -358,6 +453,7 @@ pub async fn check_certificate(
     params(
         ("app" = String, Path, description = "App name"),
         ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+        WaitParams,
     ),
     security(("bearer" = [])),
     responses(
@@ -368,8 +464,9 @@ pub async fn delete_certificate(
     State(state): State<ApiState>,
     Auth(principal): Auth,
     Path((app, hostname)): Path<(String, String)>,
+    Query(wait): Query<WaitParams>,
 ) -> Result<Response, ApiError> {
-    delete(&state, &principal, &app, &hostname, DeleteScope::All).await
+    delete(&state, &principal, &app, &hostname, DeleteScope::All, &wait).await
 }
 
 /// Removes the ACME certificates and requirement; a custom certificate stays. When nothing is
@@ -378,6 +475,7 @@ pub async fn delete_certificate(
     params(
         ("app" = String, Path, description = "App name"),
         ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+        WaitParams,
     ),
     security(("bearer" = [])),
     responses(
@@ -389,8 +487,17 @@ pub async fn delete_acme(
     State(state): State<ApiState>,
     Auth(principal): Auth,
     Path((app, hostname)): Path<(String, String)>,
+    Query(wait): Query<WaitParams>,
 ) -> Result<Response, ApiError> {
-    delete(&state, &principal, &app, &hostname, DeleteScope::Acme).await
+    delete(
+        &state,
+        &principal,
+        &app,
+        &hostname,
+        DeleteScope::Acme,
+        &wait,
+    )
+    .await
 }
 
 /// Removes the custom certificate; ACME stays. When nothing is left the hostname is released
@@ -399,6 +506,7 @@ pub async fn delete_acme(
     params(
         ("app" = String, Path, description = "App name"),
         ("hostname" = String, Path, description = "Percent-encoded hostname (`*` as %2A)"),
+        WaitParams,
     ),
     security(("bearer" = [])),
     responses(
@@ -410,8 +518,17 @@ pub async fn delete_custom(
     State(state): State<ApiState>,
     Auth(principal): Auth,
     Path((app, hostname)): Path<(String, String)>,
+    Query(wait): Query<WaitParams>,
 ) -> Result<Response, ApiError> {
-    delete(&state, &principal, &app, &hostname, DeleteScope::Custom).await
+    delete(
+        &state,
+        &principal,
+        &app,
+        &hostname,
+        DeleteScope::Custom,
+        &wait,
+    )
+    .await
 }
 
 async fn delete(
@@ -420,13 +537,18 @@ async fn delete(
     app: &str,
     hostname: &str,
     scope: DeleteScope,
+    wait: &WaitParams,
 ) -> Result<Response, ApiError> {
+    let wait = wait.parse()?;
     let (app, record) = load(state, principal, app, hostname).await?;
-    match state
+    let outcome = state
         .store
         .delete_hostname(app.id, &record.hostname, scope)
-        .await?
-    {
+        .await?;
+    if matches!(outcome, DeleteOutcome::Removed | DeleteOutcome::Updated(_)) {
+        propagate(state, &record.hostname, wait).await?;
+    }
+    match outcome {
         DeleteOutcome::NotFound => {
             Err(ApiError::certificate_not_found(app.name.as_str(), hostname))
         }

@@ -24,6 +24,8 @@ pub struct TestApi {
     pub client: reqwest::Client,
     _db: TestDb,
     server: tokio::task::JoinHandle<()>,
+    pub propagation: Arc<certplane_api::Propagation>,
+    _stop_feed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for TestApi {
@@ -67,11 +69,15 @@ impl TestApi {
             MasterKeys::load_or_create(&keys_dir.path().join("master-keys")).expect("master keys"),
         );
         let store_handle = store.clone();
+        let propagation = certplane_api::Propagation::new(store.clone(), keys.clone());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(propagation.clone().run_feed(stop_rx));
         let router = certplane_api::router(ApiDeps {
             store,
             platform,
             verifier: verifier.clone(),
             keys: keys.clone(),
+            propagation: propagation.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -90,6 +96,8 @@ impl TestApi {
             client: reqwest::Client::new(),
             _db: db,
             server,
+            propagation,
+            _stop_feed: stop,
         }
     }
 
