@@ -448,3 +448,258 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
+
+/// Waits until something listens on `addr`, or panics after `secs`.
+fn wait_listening(addr: SocketAddr, secs: u64, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+            panic!("exited early with {status}: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {addr} after {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A separate `certplane edge` process, with an edge token, serves an imported certificate to
+/// `openssl s_client` and proxies `curl` to the app's backend: the README's commands.
+#[test]
+fn a_separate_edge_process_serves_openssl_and_curl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dns = certplane_test_support::dns::ChallTestSrv::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let nameserver = dns.dns.to_string();
+    let serve = Serve::start(
+        dir.path(),
+        &[
+            ("CERTPLANE_DNS_NAMESERVERS", nameserver.as_str()),
+            ("CERTPLANE_EDGE_ENABLED", "false"),
+        ],
+    );
+    let admin = admin_token(dir.path());
+    // The app's backend: answers every request with a fixed body.
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in backend.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nConnection: close\r\n\r\nhello from app\n",
+            );
+        }
+    });
+    let token = ok(&cli(
+        &serve,
+        &admin,
+        &["orgs", "create", "Edge Co", "--token-only"],
+    ))
+    .trim()
+    .to_owned();
+    let app: serde_json::Value = serde_json::from_str(&ok(&cli(
+        &serve,
+        &token,
+        &[
+            "apps",
+            "create",
+            "web",
+            "--backend",
+            &backend_addr.to_string(),
+            "--json",
+        ],
+    )))
+    .expect("json");
+    let host = "www.edge-binary.test";
+    let pki = certplane_test_support::pki::Pki::new();
+    let (leaf, key) = pki.leaf(&[host], 90);
+    let chain_file = dir.path().join("fullchain.pem");
+    let key_file = dir.path().join("key.pem");
+    let root_file = dir.path().join("root.pem");
+    std::fs::write(&chain_file, format!("{leaf}{}", pki.intermediate_pem())).expect("write");
+    std::fs::write(&key_file, &key).expect("write");
+    std::fs::write(&root_file, pki.root_pem()).expect("write");
+    ok(&cli(
+        &serve,
+        &token,
+        &[
+            "certs",
+            "import",
+            host,
+            "-a",
+            "web",
+            "--fullchain",
+            chain_file.to_str().expect("path"),
+            "--private-key",
+            key_file.to_str().expect("path"),
+        ],
+    ));
+    rt.block_on(dns.add_aaaa(host, &[app["ipv6"].as_str().expect("ipv6")]));
+    let checked = ok(&cli(
+        &serve,
+        &token,
+        &["certs", "check", host, "-a", "web", "--json"],
+    ));
+    assert!(
+        checked.contains("\"status\": \"active\"") || checked.contains("\"status\":\"active\""),
+        "{checked}"
+    );
+
+    // An edge token, and the edge process.
+    let created = Command::new("curl")
+        .args(["-sf", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {admin}"))
+        .arg(format!("{}/v1/edges/tokens", serve.url()))
+        .output()
+        .expect("curl runs");
+    let created: serde_json::Value =
+        serde_json::from_slice(&ok_bytes(&created)).expect("token JSON");
+    let edge_token = created["token"].as_str().expect("token").to_owned();
+    let https = free_addr();
+    let http = free_addr();
+    let admin_listen = free_addr();
+    let mut edge = Command::new(BIN)
+        .args([
+            "edge",
+            "--control-plane",
+            &serve.url(),
+            "--token",
+            &edge_token,
+            "--id",
+            "edge-b",
+        ])
+        .env("CERTPLANE_EDGE_HTTPS_LISTEN", https.to_string())
+        .env("CERTPLANE_EDGE_HTTP_LISTEN", http.to_string())
+        .env("CERTPLANE_EDGE_ADMIN_LISTEN", admin_listen.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("edge starts");
+    let _guard = KillOnDrop(edge.id());
+    wait_listening(https, 20, &mut edge);
+
+    let s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &https.to_string(),
+            "-servername",
+            host,
+            "-CAfile",
+        ])
+        .arg(&root_file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&s_client.stdout);
+    assert!(
+        text.contains(&format!("CN = {host}")) || text.contains(&format!("CN={host}")),
+        "{text}"
+    );
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let unknown = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &https.to_string(),
+            "-servername",
+            "other.test",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&unknown.stdout).to_string()
+        + &String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() || text.contains("no peer certificate available"),
+        "{text}"
+    );
+    assert!(
+        text.contains("alert access denied") || text.contains("no peer certificate"),
+        "{text}"
+    );
+
+    let curl = Command::new("curl")
+        .args(["-sS", "--resolve"])
+        .arg(format!("{host}:{}:127.0.0.1", https.port()))
+        .arg("--cacert")
+        .arg(&root_file)
+        .arg(format!("https://{host}:{}/", https.port()))
+        .output()
+        .expect("curl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&ok_bytes(&curl)),
+        "hello from app\n"
+    );
+
+    // The platform lists the edge at the latest revision.
+    let listed = Command::new("curl")
+        .args(["-sf", "-H"])
+        .arg(format!("Authorization: Bearer {admin}"))
+        .arg(format!("{}/v1/edges", serve.url()))
+        .output()
+        .expect("curl runs");
+    let listed: serde_json::Value = serde_json::from_slice(&ok_bytes(&listed)).expect("json");
+    let edge_b = listed["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .find(|e| e["id"] == "edge-b")
+        .cloned()
+        .expect("edge-b listed");
+    assert_eq!(edge_b["connected"], true, "{listed:#}");
+    let metrics = Command::new("curl")
+        .arg("-sf")
+        .arg(format!("http://{admin_listen}/metrics"))
+        .output()
+        .expect("curl runs");
+    let metrics = String::from_utf8_lossy(&ok_bytes(&metrics)).to_string();
+    assert!(
+        metrics.contains("certplane_edge_handshakes_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("certplane_edge_hostnames 1\n"),
+        "{metrics}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &edge.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = edge.try_wait().expect("wait") {
+            assert!(status.success(), "edge exits 0 on SIGTERM: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "edge did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ok_bytes(output: &Output) -> Vec<u8> {
+    assert!(
+        output.status.success(),
+        "failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout.clone()
+}
+
+/// Kills a process by PID when dropped (a failed assertion must not leave it running).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
