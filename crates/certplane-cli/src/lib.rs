@@ -141,12 +141,22 @@ pub enum OrgsCommand {
     },
 }
 
+/// `certplane edges …` (admin).
+#[derive(Debug, Clone, Subcommand)]
+pub enum EdgesCommand {
+    /// Each edge: the revision it serves, when it was last heard from, whether it is connected.
+    List,
+    /// Create an edge token for `certplane edge --token` and print it, once.
+    Token,
+}
+
 /// Which customer command to run.
 #[derive(Debug, Clone)]
 pub enum Command {
     Certs(CertsCommand),
     Apps(AppsCommand),
     Orgs(OrgsCommand),
+    Edges(EdgesCommand),
 }
 
 /// Why a command failed; printed as one line.
@@ -180,7 +190,59 @@ pub async fn run(command: Command, api: &ApiArgs, out: &mut dyn Write) -> Result
         Command::Certs(c) => certs(&client, c, api.json, out).await,
         Command::Apps(c) => apps(&client, c, api.json, out).await,
         Command::Orgs(c) => orgs(&client, c, api.json, out).await,
+        Command::Edges(c) => edges(&client, c, api.json, out).await,
     }
+}
+
+async fn edges(
+    client: &Client,
+    command: EdgesCommand,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match command {
+        EdgesCommand::List => {
+            let list = client.edges().await?;
+            if json {
+                return print_json(out, &list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .edges
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.id.clone(),
+                        e.revision.to_string(),
+                        if e.revision >= list.revision {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .to_owned(),
+                        yes_no(e.connected),
+                        e.last_seen.clone(),
+                    ]
+                })
+                .collect();
+            write!(
+                out,
+                "{}",
+                output::table(
+                    &["EDGE", "REVISION", "CURRENT", "CONNECTED", "LAST SEEN"],
+                    &rows
+                )
+            )?;
+            writeln!(out, "Latest revision: {}", list.revision)?;
+        }
+        EdgesCommand::Token => {
+            let created = client.create_edge_token().await?;
+            if json {
+                return print_json(out, &created);
+            }
+            writeln!(out, "{}", created.token)?;
+        }
+    }
+    Ok(())
 }
 
 fn print_json(out: &mut dyn Write, value: &impl Serialize) -> Result<(), CliError> {

@@ -118,6 +118,18 @@ impl Client {
         self.expect(Method::POST, "/v1/orgs", Some(&body)).await
     }
 
+    /// Every edge and the revision it serves (admin).
+    pub async fn edges(&self) -> Result<certplane_api_types::EdgeList, ClientError> {
+        self.expect(Method::GET, "/v1/edges", NO_BODY).await
+    }
+
+    /// A new edge token (admin), shown once.
+    pub async fn create_edge_token(
+        &self,
+    ) -> Result<certplane_api_types::CreatedEdgeToken, ClientError> {
+        self.expect(Method::POST, "/v1/edges/tokens", NO_BODY).await
+    }
+
     pub async fn apps(&self) -> Result<AppList, ClientError> {
         self.expect(Method::GET, "/v1/apps", NO_BODY).await
     }

@@ -39,7 +39,7 @@ pub struct HostEntry {
     pub http01: HashMap<String, String>,
     /// The TLS-ALPN-01 validation certificate, when a challenge for the name is open.
     pub alpn: Option<Arc<CertifiedKey>>,
-    /// When the control plane committed this state (unix ms).
+    /// When the control plane read this state from its log (unix ms).
     pub changed_at_ms: i64,
 }
 

@@ -81,7 +81,8 @@ pub struct EdgeHost {
     /// ACME challenge answers the edge gives for this name.
     #[serde(default)]
     pub challenges: Vec<EdgeChallenge>,
-    /// When the control plane committed the change (unix milliseconds), for propagation lag.
+    /// When the control plane read the change from its log (unix milliseconds, a few ms after
+    /// the commit), for the edge's propagation-lag metric.
     pub changed_at_ms: i64,
 }
 

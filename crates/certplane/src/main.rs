@@ -6,7 +6,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use certplane_cli::{ApiArgs, AppsCommand, CertsCommand, Command as CustomerCommand, OrgsCommand};
+use certplane_cli::{
+    ApiArgs, AppsCommand, CertsCommand, Command as CustomerCommand, EdgesCommand, OrgsCommand,
+};
 use certplane_config::Config;
 use clap::{Parser, Subcommand};
 
@@ -65,6 +67,13 @@ enum Command {
     Orgs {
         #[command(subcommand)]
         command: OrgsCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Edges and edge tokens (admin).
+    Edges {
+        #[command(subcommand)]
+        command: EdgesCommand,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -158,6 +167,9 @@ fn main() -> ExitCode {
         }
         Command::Apps { command, api } => customer(&runtime, CustomerCommand::Apps(command), &api),
         Command::Orgs { command, api } => customer(&runtime, CustomerCommand::Orgs(command), &api),
+        Command::Edges { command, api } => {
+            customer(&runtime, CustomerCommand::Edges(command), &api)
+        }
     }
 }
 

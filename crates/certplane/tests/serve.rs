@@ -552,15 +552,13 @@ fn a_separate_edge_process_serves_openssl_and_curl() {
     );
 
     // An edge token, and the edge process.
-    let created = Command::new("curl")
-        .args(["-sf", "-X", "POST", "-H"])
-        .arg(format!("Authorization: Bearer {admin}"))
-        .arg(format!("{}/v1/edges/tokens", serve.url()))
-        .output()
-        .expect("curl runs");
-    let created: serde_json::Value =
-        serde_json::from_slice(&ok_bytes(&created)).expect("token JSON");
-    let edge_token = created["token"].as_str().expect("token").to_owned();
+    let edge_token = ok(&cli(&serve, &admin, &["edges", "token"]))
+        .trim()
+        .to_owned();
+    assert!(
+        !cli(&serve, &edge_token, &["apps", "list"]).status.success(),
+        "an edge token opens no customer command"
+    );
     let https = free_addr();
     let http = free_addr();
     let admin_listen = free_addr();
@@ -640,13 +638,9 @@ fn a_separate_edge_process_serves_openssl_and_curl() {
     );
 
     // The platform lists the edge at the latest revision.
-    let listed = Command::new("curl")
-        .args(["-sf", "-H"])
-        .arg(format!("Authorization: Bearer {admin}"))
-        .arg(format!("{}/v1/edges", serve.url()))
-        .output()
-        .expect("curl runs");
-    let listed: serde_json::Value = serde_json::from_slice(&ok_bytes(&listed)).expect("json");
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&cli(&serve, &admin, &["edges", "list", "--json"])))
+            .expect("json");
     let edge_b = listed["edges"]
         .as_array()
         .expect("edges")
@@ -654,6 +648,12 @@ fn a_separate_edge_process_serves_openssl_and_curl() {
         .find(|e| e["id"] == "edge-b")
         .cloned()
         .expect("edge-b listed");
+    assert_eq!(edge_b["revision"], listed["revision"], "{listed:#}");
+    let table = ok(&cli(&serve, &admin, &["edges", "list"]));
+    assert!(
+        table.contains("edge-b") && table.contains("CONNECTED"),
+        "{table}"
+    );
     assert_eq!(edge_b["connected"], true, "{listed:#}");
     let metrics = Command::new("curl")
         .arg("-sf")
