@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certplane_domain::Hostname;
 use certplane_events::transport::StreamKey;
 use certplane_events::{CertSource, EdgeApp, EdgeCertificate, EdgeChallenge, EdgeHost};
 use certplane_secrets::{MasterKeys, Sealed};
@@ -33,12 +32,36 @@ pub const LIVE_WITHIN_MS: i64 = 30_000;
 /// Changes kept in the broadcast for streams that are momentarily slow.
 const BROADCAST_DEPTH: usize = 4096;
 
-/// A hostname's new state, keys in clear (in memory only; sealed per stream when sent).
+/// One entry of the log with the hostname's newest state, keys in clear (in memory only;
+/// sealed per stream when sent).
 #[derive(Debug)]
 pub struct Change {
     pub revision: i64,
     pub hostname: String,
-    pub host: Option<PlainHost>,
+    pub host: Option<Arc<PlainHost>>,
+}
+
+/// What the feed broadcasts.
+#[derive(Debug)]
+pub enum FeedItem {
+    Change(Change),
+    /// The log was compacted past entries the feed had not read: every stream must send a
+    /// fresh snapshot.
+    Resync,
+}
+
+/// Why the feed or a stream cannot go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PropagationError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored key does not open on this control plane (its master key is missing here).
+    /// Edges keep their last good state rather than lose the certificate.
+    #[error(
+        "the private key of a certificate of {hostname} does not open on this control plane: {reason}"
+    )]
+    KeyUnavailable { hostname: String, reason: String },
 }
 
 /// What edges serve for a hostname, before sealing.
@@ -86,15 +109,19 @@ pub struct EdgeView {
 #[derive(Debug, Default)]
 struct Known {
     revision: i64,
+    /// The edge's own last contact: opening a stream or an ack (pings the control plane
+    /// writes do not count: they succeed into a dead peer's socket buffer).
     last_seen_ms: i64,
     streams: usize,
+    /// It said it is stopping; it counts again at its next contact.
+    left: bool,
 }
 
 /// The feed and the edge registry of one control plane.
 pub struct Propagation {
     store: Arc<dyn Store>,
     keys: Arc<MasterKeys>,
-    feed: broadcast::Sender<Arc<Change>>,
+    feed: broadcast::Sender<Arc<FeedItem>>,
     wake: Notify,
     edges: Mutex<HashMap<String, Known>>,
     acked: watch::Sender<u64>,
@@ -144,7 +171,7 @@ impl Propagation {
         self.wake.notify_one();
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedItem>> {
         self.feed.subscribe()
     }
 
@@ -168,59 +195,74 @@ impl Propagation {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            loop {
-                match self.changes_after(head).await {
-                    Ok(changes) if changes.is_empty() => break,
-                    Ok(changes) => {
-                        for change in changes {
-                            head = change.revision;
-                            // No receivers is fine: no edge is connected.
-                            let _ = self.feed.send(Arc::new(change));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "propagation feed cannot read the log");
-                        break;
-                    }
-                }
+            if let Err(e) = self.advance(&mut head).await {
+                tracing::error!(error = %e, "propagation feed is stuck; edges keep what they serve");
             }
         }
     }
 
-    /// The changes after `after` (one batch), each hostname once at its newest revision there,
-    /// in revision order.
-    pub async fn changes_after(&self, after: i64) -> Result<Vec<Change>, StoreError> {
-        let entries = self.store.changes_since(after, BATCH).await?;
-        let mut newest: HashMap<&str, i64> = HashMap::new();
-        for (revision, hostname) in &entries {
-            newest.insert(hostname.as_str(), *revision);
-        }
-        let mut out = Vec::with_capacity(newest.len());
-        for (revision, hostname) in &entries {
-            if newest.get(hostname.as_str()) != Some(revision) {
+    /// Reads and broadcasts everything after `head`.
+    async fn advance(&self, head: &mut i64) -> Result<(), PropagationError> {
+        loop {
+            let changes = self.changes_after(*head).await?;
+            // Entries after `head` compacted away before they were read: only a snapshot is
+            // sure to be whole.
+            if self.store.compacted_through().await? > *head {
+                *head = self.store.latest_revision().await?;
+                tracing::warn!(
+                    head = *head,
+                    "the log was compacted past the feed; edges take snapshots"
+                );
+                let _ = self.feed.send(Arc::new(FeedItem::Resync));
                 continue;
             }
-            let host = self.host(hostname).await?;
-            out.push(Change {
+            let Some(last) = changes.last() else {
+                return Ok(());
+            };
+            let last = last.revision;
+            for change in changes {
+                // No receivers is fine: no edge is connected.
+                let _ = self.feed.send(Arc::new(FeedItem::Change(change)));
+            }
+            *head = last;
+        }
+    }
+
+    /// The entries after `after` (one batch), in log order, each with its hostname's newest
+    /// state (read once per hostname). Every entry is kept, not only a hostname's last: an edge
+    /// that has applied the entry at revision N has then applied every change up to N.
+    pub async fn changes_after(&self, after: i64) -> Result<Vec<Change>, PropagationError> {
+        let entries = self.store.changes_since(after, BATCH).await?;
+        let mut states: HashMap<&str, Option<Arc<PlainHost>>> = HashMap::new();
+        for (_, hostname) in &entries {
+            if states.contains_key(hostname.as_str()) {
+                continue;
+            }
+            let state = match self.store.edge_host(hostname).await {
+                Ok(Some(record)) => Some(Arc::new(self.plain(record)?)),
+                Ok(None) => None,
+                Err(StoreError::Corrupt(reason)) => {
+                    // One bad row must not stop every later change: edges stop serving it.
+                    tracing::error!(%hostname, reason, "unreadable hostname state; edges drop it");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            states.insert(hostname.as_str(), state);
+        }
+        Ok(entries
+            .iter()
+            .map(|(revision, hostname)| Change {
                 revision: *revision,
                 hostname: hostname.as_str().to_owned(),
-                host,
-            });
-        }
-        Ok(out)
+                host: states.get(hostname.as_str()).cloned().flatten(),
+            })
+            .collect())
     }
 
-    /// What edges serve for `hostname` now.
-    pub async fn host(&self, hostname: &Hostname) -> Result<Option<PlainHost>, StoreError> {
-        Ok(match self.store.edge_host(hostname).await? {
-            Some(record) => self.plain(record),
-            None => None,
-        })
-    }
-
-    /// Builds the state to send from a store record. A key that does not open (a master key
-    /// missing from this node) leaves its certificate out, loudly.
-    pub fn plain(&self, record: EdgeHostRecord) -> Option<PlainHost> {
+    /// Builds the state to send from a store record. The app is named only when its ownership
+    /// of the name is verified: an unproven claim never routes traffic.
+    pub fn plain(&self, record: EdgeHostRecord) -> Result<PlainHost, PropagationError> {
         let hostname = record.hostname.as_str().to_owned();
         let mut certificates = Vec::new();
         let mut keys = Vec::new();
@@ -232,13 +274,10 @@ impl Propagation {
                 },
                 &c.sealing_context(),
             );
-            let plain = match opened {
-                Ok(k) => k,
-                Err(e) => {
-                    tracing::error!(hostname, error = %e, "a stored private key does not open; its certificate is not sent to edges");
-                    continue;
-                }
-            };
+            let plain = opened.map_err(|e| PropagationError::KeyUnavailable {
+                hostname: hostname.clone(),
+                reason: e.to_string(),
+            })?;
             certificates.push(EdgeCertificate {
                 source: match c.cert.source {
                     certplane_store::CertSource::Acme => CertSource::Acme,
@@ -266,11 +305,15 @@ impl Propagation {
                 },
             })
             .collect();
-        let app = record.app.as_ref().map(|a| EdgeApp {
-            name: a.name.as_str().to_owned(),
-            backends: a.backends.iter().map(|b| b.as_str().to_owned()).collect(),
-        });
-        Some(PlainHost {
+        let app = record
+            .app
+            .as_ref()
+            .filter(|a| a.ownership_verified)
+            .map(|a| EdgeApp {
+                name: a.name.as_str().to_owned(),
+                backends: a.backends.iter().map(|b| b.as_str().to_owned()).collect(),
+            });
+        Ok(PlainHost {
             host: EdgeHost {
                 hostname,
                 app,
@@ -291,6 +334,7 @@ impl Propagation {
             known.streams += 1;
             known.revision = revision;
             known.last_seen_ms = now;
+            known.left = false;
         }
         self.persist(id, revision, now).await;
         self.acked.send_modify(|v| *v += 1);
@@ -304,14 +348,15 @@ impl Propagation {
         self.acked.send_modify(|v| *v += 1);
     }
 
-    /// An edge serves `revision` now.
-    pub async fn ack(&self, id: &str, revision: i64) {
+    /// An edge serves `revision` now (`leaving`: and is stopping).
+    pub async fn ack(&self, id: &str, revision: i64, leaving: bool) {
         let now = unix_ms();
         {
             let mut edges = lock(&self.edges);
             let known = edges.entry(id.to_owned()).or_default();
             known.revision = revision;
             known.last_seen_ms = now;
+            known.left = leaving;
         }
         self.acked.send_modify(|v| *v += 1);
         self.persist(id, revision, now).await;
@@ -345,9 +390,6 @@ impl Propagation {
             })
             .collect();
         for (id, known) in local.iter() {
-            let stored_newer = views
-                .get(id)
-                .is_some_and(|v| v.last_seen_ms > known.last_seen_ms + 1000);
             let view = views.entry(id.clone()).or_insert_with(|| EdgeView {
                 id: id.clone(),
                 revision: known.revision,
@@ -356,13 +398,15 @@ impl Propagation {
                 live: false,
             });
             view.connected = known.streams > 0;
-            if !stored_newer {
+            // The store has what other control planes heard; the newer contact wins.
+            if known.last_seen_ms >= view.last_seen_ms {
                 view.revision = known.revision;
-                view.last_seen_ms = view.last_seen_ms.max(known.last_seen_ms);
-                // An edge known here is live while its stream is open here; one that left
-                // and was not heard from elsewhere since is not waited for.
-                view.live = known.streams > 0;
+                view.last_seen_ms = known.last_seen_ms;
             }
+            // Live: heard from lately, wherever. An edge whose stream broke is still serving
+            // (its old state) and acks every 10 s while it reconnects, so it is waited for; one
+            // that said it is leaving is not, here.
+            view.live = !known.left && now - view.last_seen_ms <= LIVE_WITHIN_MS;
         }
         let mut out: Vec<EdgeView> = views.into_values().collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -394,6 +438,7 @@ impl Propagation {
                 // Acks that reach other control planes arrive through the store.
                 _ = tokio::time::sleep(POLL) => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(Err(behind)),
+                _ = self.stopping() => return Ok(Err(behind)),
             }
         }
     }

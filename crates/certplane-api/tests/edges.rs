@@ -204,6 +204,12 @@ async fn probe_with(
     }
 }
 
+/// Whether the edge itself refused the handshake with its `access_denied` alert (a certificate
+/// the client rejected would be another error: the edge served something).
+fn refused(served: &Served) -> bool {
+    matches!(served, Served::Refused(why) if why.contains("AccessDenied"))
+}
+
 async fn probe(addr: SocketAddr, sni: &str, roots: &Arc<RootCertStore>) -> Served {
     probe_with(addr, Some(sni), roots, Offer::Any).await
 }
@@ -343,10 +349,7 @@ async fn import_replace_delete_reach_all_three_edges(db: TestDb) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     for edge in &edges {
-        assert!(matches!(
-            probe(edge.addrs.https, host, &roots).await,
-            Served::Refused(_)
-        ));
+        assert!(refused(&probe(edge.addrs.https, host, &roots).await));
     }
     // Proven: every edge serves it as soon as the call returns.
     customer.prove(&api, host, "?wait=propagated").await;
@@ -493,7 +496,7 @@ async fn an_edge_restarted_after_50_changes_serves_exactly_the_final_state() {
         let served = probe(edge.addrs.https, host, &roots).await;
         match leaf {
             Some(leaf) => assert_eq!(served, Served::Leaf(der_of(leaf)), "{host}"),
-            None => assert!(matches!(served, Served::Refused(_)), "{host}: {served:?}"),
+            None => assert!(refused(&served), "{host}: {served:?}"),
         }
     }
     edge.stop().await;
@@ -559,6 +562,12 @@ async fn an_edge_whose_stream_breaks_reconnects_and_catches_up() {
         .import(&api, host, &chain(&pki, &leaf), &key, "")
         .await;
     customer.prove(&api, host, "").await;
+    let gone = "gone.reconnect.test";
+    let (gone_leaf, gone_key) = pki.leaf(&[gone], 90);
+    customer
+        .import(&api, gone, &chain(&pki, &gone_leaf), &gone_key, "")
+        .await;
+    customer.prove(&api, gone, "").await;
 
     let control_plane: SocketAddr = api
         .base
@@ -572,8 +581,15 @@ async fn an_edge_whose_stream_breaks_reconnects_and_catches_up() {
         Served::Leaf(der_of(&leaf))
     );
 
-    // The stream breaks; meanwhile the certificate is replaced.
+    assert_eq!(
+        probe(edge.addrs.https, gone, &roots).await,
+        Served::Leaf(der_of(&gone_leaf))
+    );
+
+    // The stream breaks; meanwhile one certificate is deleted, then the other replaced.
     relay.cut();
+    let (status, _) = customer.delete(&api, gone, "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     let (leaf2, key2) = pki.leaf(&[host], 45);
     let (status, _) = customer
         .import(&api, host, &chain(&pki, &leaf2), &key2, "")
@@ -591,6 +607,8 @@ async fn an_edge_whose_stream_breaks_reconnects_and_catches_up() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // It resumed (no snapshot) and the deletion, logged before the replacement, is applied.
+    assert!(refused(&probe(edge.addrs.https, gone, &roots).await));
     let metrics = edge.metrics().await;
     let reconnects: u64 = metrics
         .lines()
@@ -598,6 +616,10 @@ async fn an_edge_whose_stream_breaks_reconnects_and_catches_up() {
         .and_then(|v| v.parse().ok())
         .expect("reconnect counter");
     assert!(reconnects >= 1, "{metrics}");
+    assert!(
+        metrics.contains("certplane_edge_snapshots_total 1\n"),
+        "resumed from its revision, no second snapshot: {metrics}"
+    );
     assert!(
         metrics.contains("certplane_edge_control_plane_connected 1\n"),
         "{metrics}"
@@ -677,7 +699,7 @@ async fn until_served(
     loop {
         let got = probe_with(addr, Some(host), roots, offer).await;
         let matches = match (want, &got) {
-            (Served::Refused(_), Served::Refused(_)) => true,
+            (Served::Refused(_), got) => refused(got),
             _ => &got == want,
         };
         if matches {
@@ -729,11 +751,11 @@ async fn certificate_selection_by_name_key_type_source_and_validity() {
         Served::Leaf(der_of(&exact))
     );
     assert!(
-        matches!(probe(at, "b.c.wild.test", &roots).await, Served::Refused(_)),
+        refused(&probe(at, "b.c.wild.test", &roots).await),
         "one label only"
     );
     assert!(
-        matches!(probe(at, "wild.test", &roots).await, Served::Refused(_)),
+        refused(&probe(at, "wild.test", &roots).await),
         "not the base name"
     );
 
@@ -850,19 +872,13 @@ async fn certificate_selection_by_name_key_type_source_and_validity() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(
-        matches!(probe(at, old, &roots).await, Served::Refused(_)),
+        refused(&probe(at, old, &roots).await),
         "expired is never served"
     );
 
     // Unknown names and no SNI at all are refused: no default certificate.
-    assert!(matches!(
-        probe(at, "unknown.example.test", &roots).await,
-        Served::Refused(_)
-    ));
-    assert!(matches!(
-        probe_with(at, None, &roots, Offer::Any).await,
-        Served::Refused(_)
-    ));
+    assert!(refused(&probe(at, "unknown.example.test", &roots).await));
+    assert!(refused(&probe_with(at, None, &roots, Offer::Any).await));
     let metrics = edge.metrics().await;
     assert!(
         metrics.contains("certplane_edge_handshakes_total{result=\"no_sni\"} 1\n"),
@@ -924,27 +940,61 @@ async fn wait_propagated_times_out_while_an_edge_does_not_acknowledge() {
         Served::Leaf(der_of(&leaf))
     );
 
-    // Once the stuck edge is gone, waiting succeeds.
+    // Its stream closing is not enough: an edge whose stream broke still serves its old state
+    // (and keeps acking while it reconnects), so it is still waited for...
     drop(stuck);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let stuck_view = |list: &Value| {
+        list["edges"]
+            .as_array()
+            .expect("edges")
+            .iter()
+            .find(|e| e["id"] == "stuck-edge")
+            .cloned()
+            .expect("stuck-edge listed")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, list) = api
             .send(Method::GET, "/v1/edges", Some(&api.admin), None)
             .await;
-        let stuck_live = list["edges"]
-            .as_array()
-            .expect("edges")
-            .iter()
-            .any(|e| e["id"] == "stuck-edge" && e["live"] == true);
-        if !stuck_live {
+        let view = stuck_view(&list);
+        if view["connected"] == false {
+            assert_eq!(view["live"], true, "{list:#}");
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the closed stream is still counted: {list:#}"
+            "the closed stream is still open: {list:#}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // ...until it says it is leaving (what `certplane edge` does when it stops).
+    let (status, body) = api
+        .send(
+            Method::POST,
+            "/v1/edges/stuck-edge/ack",
+            Some(&api.admin),
+            Some(json!({"revision": 0, "leaving": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (_, list) = api
+        .send(Method::GET, "/v1/edges", Some(&api.admin), None)
+        .await;
+    assert_eq!(stuck_view(&list)["live"], false, "{list:#}");
+    // An ack of a revision the log does not have is refused.
+    let (status, body) = api
+        .send(
+            Method::POST,
+            "/v1/edges/stuck-edge/ack",
+            Some(&api.admin),
+            Some(json!({"revision": i64::MAX})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "REVISION_OUT_OF_RANGE")
+    );
     let (leaf2, key2) = pki.leaf(&[host], 80);
     let (status, body) = customer
         .import(
@@ -989,7 +1039,23 @@ async fn wait_propagated_times_out_while_an_edge_does_not_acknowledge() {
         probe(edge.addrs.https, host, &roots).await,
         Served::Leaf(der_of(&leaf2))
     );
+    // A stopped edge said goodbye: no longer waited for.
     edge.stop().await;
+    let (_, list) = api
+        .send(Method::GET, "/v1/edges", Some(&api.admin), None)
+        .await;
+    let good = list["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .find(|e| e["id"] == "good")
+        .cloned()
+        .expect("good listed");
+    assert_eq!(
+        (good["connected"].clone(), good["live"].clone()),
+        (json!(false), json!(false)),
+        "{list:#}"
+    );
 }
 
 /// A backend that answers with the request's headers as JSON.
@@ -1409,4 +1475,57 @@ async fn edge_tokens_follow_the_stream_only_and_keys_never_travel_in_clear() {
             .secret_der(),
         key_der.secret_der()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_behind_a_compacted_log_takes_a_fresh_snapshot() {
+    let dns = ChallTestSrv::start();
+    let api = api_with(&dns).await;
+    let customer = Customer::new(&api, dns, &[]).await;
+    let pki = Pki::new();
+    let roots = roots(&pki);
+    let hosts = ["a.compact.test", "b.compact.test"];
+    let mut leaves = Vec::new();
+    for host in hosts {
+        let (leaf, key) = pki.leaf(&[host], 90);
+        customer
+            .import(&api, host, &chain(&pki, &leaf), &key, "")
+            .await;
+        customer.prove(&api, host, "").await;
+        leaves.push(leaf);
+    }
+    let control_plane: SocketAddr = api
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let relay = Relay::start(control_plane).await;
+    let edge = TestEdge::start(&format!("http://{}", relay.addr), &api.admin, "behind").await;
+    assert_eq!(
+        probe(edge.addrs.https, hosts[0], &roots).await,
+        Served::Leaf(der_of(&leaves[0]))
+    );
+    // While it is cut off: a deletion and a replacement, then the log is compacted to nothing,
+    // so the changes after the edge's revision are gone from it.
+    relay.cut();
+    let (status, _) = customer.delete(&api, hosts[0], "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (leaf_b2, key_b2) = pki.leaf(&[hosts[1]], 30);
+    customer
+        .import(&api, hosts[1], &chain(&pki, &leaf_b2), &key_b2, "")
+        .await;
+    let removed = api.store().compact_revisions(0).await.expect("compacted");
+    assert!(removed > 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while probe(edge.addrs.https, hosts[1], &roots).await != Served::Leaf(der_of(&leaf_b2)) {
+        assert!(Instant::now() < deadline, "the edge did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused(&probe(edge.addrs.https, hosts[0], &roots).await));
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("certplane_edge_snapshots_total 2\n"),
+        "a second snapshot replaced the resume: {metrics}"
+    );
+    edge.stop().await;
 }

@@ -86,6 +86,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(EdgeAddrs),
 ) -> Result<(), EdgeError> {
+    if plain_http_off_host(&options.follow.control_plane) {
+        tracing::warn!(
+            control_plane = %options.follow.control_plane,
+            "the control plane is reached over plain HTTP on another host: the edge token travels in clear and whoever reads it can follow the stream; use https://"
+        );
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -157,4 +163,37 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     let _ = following.await;
     Ok(())
+}
+
+/// Whether `url` is `http://` to anything but this machine.
+fn plain_http_off_host(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_flagged_only_off_this_machine() {
+        assert!(!plain_http_off_host("http://127.0.0.1:4000"));
+        assert!(!plain_http_off_host("http://localhost:4000/"));
+        assert!(!plain_http_off_host("http://[::1]:4000"));
+        assert!(!plain_http_off_host("https://cp.example.net"));
+        assert!(plain_http_off_host("http://10.0.0.5:4000"));
+        assert!(plain_http_off_host("http://cp.internal"));
+    }
 }

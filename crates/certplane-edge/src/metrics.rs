@@ -96,6 +96,7 @@ pub struct Metrics {
     certificates: AtomicI64,
     connected: AtomicI64,
     reconnects: AtomicU64,
+    snapshots: AtomicU64,
     lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     lag_count: AtomicU64,
     lag_sum_micros: AtomicU64,
@@ -146,6 +147,11 @@ impl Metrics {
 
     pub fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A full snapshot was received and published.
+    pub fn snapshot_taken(&self) {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -207,6 +213,11 @@ impl Metrics {
             out,
             "# HELP certplane_edge_reconnects_total Times the event stream was opened again.\n# TYPE certplane_edge_reconnects_total counter\ncertplane_edge_reconnects_total {}",
             self.reconnects.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP certplane_edge_snapshots_total Full snapshots taken (first start, a compacted or foreign log).\n# TYPE certplane_edge_snapshots_total counter\ncertplane_edge_snapshots_total {}",
+            self.snapshots.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -79,6 +79,8 @@ pub struct Follower {
     /// The revision published (`None` until the first snapshot).
     served: watch::Sender<Option<i64>>,
     working: Snapshot,
+    /// The control plane log the served revision belongs to.
+    log_id: Option<String>,
 }
 
 impl Follower {
@@ -100,6 +102,7 @@ impl Follower {
             metrics,
             served,
             working: Snapshot::default(),
+            log_id: None,
         })
     }
 
@@ -111,7 +114,7 @@ impl Follower {
     /// Follows until `stop` turns true. Gives up only when the control plane refuses the
     /// token before the first snapshot (a configuration error no retry fixes).
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), SyncError> {
-        let acks = tokio::spawn(ack_loop(
+        let mut acks = tokio::spawn(ack_loop(
             self.client.clone(),
             self.options.clone(),
             self.served.subscribe(),
@@ -149,7 +152,13 @@ impl Follower {
             backoff = (backoff * 2).min(BACKOFF_MAX);
             self.metrics.reconnected();
         }
-        stop_acks(acks).await;
+        // The ack loop sends a last "leaving" ack on stop; give it a moment.
+        if tokio::time::timeout(Duration::from_secs(3), &mut acks)
+            .await
+            .is_err()
+        {
+            stop_acks(acks).await;
+        }
         Ok(())
     }
 
@@ -160,8 +169,8 @@ impl Follower {
             "{base}/v1/edges/stream?edge_id={}",
             urlencode(&self.options.edge_id)
         );
-        if let Some(revision) = *self.served.borrow() {
-            url.push_str(&format!("&after={revision}"));
+        if let (Some(revision), Some(log_id)) = (*self.served.borrow(), &self.log_id) {
+            url.push_str(&format!("&after={revision}&log_id={}", urlencode(log_id)));
         }
         let mut response = self
             .client
@@ -202,9 +211,12 @@ impl Follower {
                 let event: EdgeEvent =
                     serde_json::from_slice(line).map_err(|e| SyncError::BadEvent(e.to_string()))?;
                 match event {
-                    EdgeEvent::Hello { server_key, .. } => {
+                    EdgeEvent::Hello {
+                        server_key, log_id, ..
+                    } => {
                         let pair = pair.take().ok_or(SyncError::NoHello)?;
                         key = Some(pair.agree(&server_key)?);
+                        self.log_id = Some(log_id);
                         self.metrics.set_connected(true);
                     }
                     EdgeEvent::SnapshotBegin { .. } => {
@@ -245,6 +257,7 @@ impl Follower {
                         let mut snapshot = building.take().ok_or(SyncError::NoHello)?;
                         snapshot.set_revision(revision);
                         self.working = snapshot;
+                        self.metrics.snapshot_taken();
                         changed = true;
                     }
                     EdgeEvent::Ping { revision } => {
@@ -296,26 +309,37 @@ async fn ack_loop(
 ) {
     let base = options.control_plane.trim_end_matches('/').to_owned();
     let url = format!("{base}/v1/edges/{}/ack", urlencode(&options.edge_id));
-    loop {
-        let revision = *served.borrow_and_update();
-        if let Some(revision) = revision {
-            let sent = client
-                .post(&url)
-                .bearer_auth(&options.token)
-                .json(&EdgeAck { revision })
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            match sent {
+    let send = |revision: i64, leaving: bool| {
+        let request = client
+            .post(&url)
+            .bearer_auth(&options.token)
+            .json(&EdgeAck { revision, leaving })
+            .timeout(Duration::from_secs(if leaving { 2 } else { 5 }));
+        async move {
+            match request.send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => tracing::debug!(status = %r.status(), "ack refused"),
                 Err(e) => tracing::debug!(error = %e, "ack failed"),
             }
         }
-        tokio::select! {
-            _ = served.changed() => {}
-            _ = tokio::time::sleep(ACK_EVERY) => {}
-            _ = stop.wait_for(|s| *s) => return,
+    };
+    loop {
+        let revision = *served.borrow_and_update();
+        if let Some(revision) = revision {
+            send(revision, false).await;
+        }
+        let stopping = tokio::select! {
+            _ = served.changed() => false,
+            _ = tokio::time::sleep(ACK_EVERY) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            // Say goodbye, so nobody waits for this edge to confirm later changes.
+            let last = *served.borrow();
+            if let Some(revision) = last {
+                send(revision, true).await;
+            }
+            return;
         }
     }
 }

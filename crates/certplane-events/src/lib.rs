@@ -40,6 +40,10 @@ pub enum EdgeEvent {
         server_key: String,
         /// Whether a full snapshot follows (else the changes after the requested revision).
         snapshot: bool,
+        /// The identity of the control plane's log: revisions compare only within one log, so
+        /// an edge resumes with `after` only together with this id.
+        #[serde(default)]
+        log_id: String,
     },
     /// A full snapshot follows: the edge starts a new, empty state.
     SnapshotBegin { revision: i64 },
@@ -160,6 +164,9 @@ pub enum EdgeChallenge {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeAck {
     pub revision: i64,
+    /// The edge is stopping: do not wait for it any more.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 #[cfg(test)]
@@ -173,6 +180,7 @@ mod tests {
                 edge_id: "e1".into(),
                 server_key: "AAAA".into(),
                 snapshot: true,
+                log_id: "log".into(),
             },
             EdgeEvent::SnapshotBegin { revision: 4 },
             EdgeEvent::Host {

@@ -3,9 +3,11 @@
 //! The edge makes an ephemeral X25519 key pair per connection and sends its public half with
 //! the stream request; the control plane makes its own for that stream and sends its public half
 //! in `Hello`. Both derive the same AES-256-GCM key with HKDF-SHA256 over the shared secret and
-//! both public keys. Someone who records the stream (it may run over plain HTTP inside the
-//! platform's network) cannot open the keys in it, not even with the edge token in hand; and
-//! nothing sealed for one stream opens on another. The edge token authenticates the request.
+//! both public keys. A recording of a stream does not hold a usable key, and nothing sealed for
+//! one stream opens on another. What this does not do: authenticate the control plane, or hide
+//! the edge token, which authenticates the request. Whoever reads the token off a plain-HTTP
+//! connection can open a stream of their own, so between machines the control plane must be
+//! reached over HTTPS (the edge warns when it is not).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};

@@ -246,6 +246,10 @@ pub trait Store: Send + Sync + 'static {
     /// older revision may have missed changes and needs a fresh snapshot; it reads this after
     /// [`Store::changes_since`], so a compaction in between cannot go unnoticed.
     async fn compacted_through(&self) -> Result<i64, StoreError>;
+
+    /// The propagation log's identity, drawn on first call and kept with the database: revision
+    /// numbers compare only within one log (a restored backup is another log).
+    async fn log_id(&self) -> Result<String, StoreError>;
 }
 
 /// What [`Store::delete_hostname`] did.

@@ -1552,4 +1552,25 @@ impl Store for SqlStore {
                 .await?,
         )
     }
+
+    async fn log_id(&self) -> Result<String, StoreError> {
+        let current: String = sqlx::query_scalar("SELECT log_id FROM revision_compaction")
+            .fetch_one(&self.reader)
+            .await?;
+        if !current.is_empty() {
+            return Ok(current);
+        }
+        // The first caller's draw wins; a concurrent one reads it back.
+        let drawn = certplane_domain::ApiToken::generate()
+            .hash()
+            .as_str()
+            .to_owned();
+        sqlx::query("UPDATE revision_compaction SET log_id = $1 WHERE log_id = ''")
+            .bind(&drawn[..32.min(drawn.len())])
+            .execute(&self.writer)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT log_id FROM revision_compaction")
+            .fetch_one(&self.writer)
+            .await?)
+    }
 }

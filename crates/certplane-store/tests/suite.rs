@@ -59,6 +59,7 @@ suite!(
     edges_serve_certificates_of_verified_hostnames,
     edge_snapshot_pages_match_edge_host,
     revisions_per_hostname_and_compaction,
+    the_log_keeps_one_identity,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -1667,4 +1668,15 @@ async fn revisions_per_hostname_and_compaction(db: &TestDb) {
         store.compacted_through().await.expect("compacted"),
         log[9].0
     );
+}
+
+async fn the_log_keeps_one_identity(db: &TestDb) {
+    let store = db.store();
+    let first = store.log_id().await.expect("log id");
+    assert!(first.len() >= 16, "{first}");
+    let again = store.log_id().await.expect("log id");
+    assert_eq!(first, again, "drawn once, then kept");
+    // Another database is another log.
+    let other = TestDb::sqlite().await;
+    assert_ne!(other.store().log_id().await.expect("log id"), first);
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use certplane_api_types::{CreatedEdgeToken, EdgeList, EdgeStatus, ErrorBody};
 use certplane_domain::ApiToken;
 use certplane_events::transport::{StreamKey, server_agree};
-use certplane_events::{EDGE_KEY_HEADER, EdgeAck, EdgeEvent};
+use certplane_events::{EDGE_KEY_HEADER, EdgeEvent};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use utoipa::IntoParams;
@@ -20,7 +20,7 @@ use utoipa::IntoParams;
 use crate::auth::{Admin, EdgeAuth};
 use crate::extract::{Json, Path, Query};
 use crate::present::timestamp;
-use crate::propagation::{BATCH, Change, Propagation};
+use crate::propagation::{BATCH, Change, FeedItem, Propagation};
 use crate::{ApiError, ApiState};
 
 /// A stream with nothing to send says so this often, so edges notice a dead stream.
@@ -34,6 +34,8 @@ pub struct StreamParams {
     /// The revision the edge serves; the changes after it follow (or a full snapshot when the
     /// log no longer reaches back that far). Absent: a full snapshot.
     after: Option<i64>,
+    /// The `log_id` of the `hello` the edge got `after` from; another log means a snapshot.
+    log_id: Option<String>,
 }
 
 /// The edge event stream: newline-delimited JSON events (`certplane-events`), a `hello`, then a
@@ -79,11 +81,9 @@ pub async fn stream(
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let propagation = state.propagation.clone();
     tokio::spawn(async move {
-        let after = params.after;
-        propagation.connected(&edge_id, after.unwrap_or(0)).await;
         let out = Out { tx, key };
         let result = tokio::select! {
-            r = relay(&propagation, &out, &edge_id, server_key, after) => r,
+            r = relay(&propagation, &out, &edge_id, server_key, params.after, params.log_id) => r,
             _ = propagation.stopping() => Ok(()),
         };
         propagation.disconnected(&edge_id);
@@ -132,6 +132,8 @@ enum RelayError {
     Gone,
     #[error("store: {0}")]
     Store(#[from] certplane_store::StoreError),
+    #[error(transparent)]
+    Propagation(#[from] crate::propagation::PropagationError),
     #[error("sealing: {0}")]
     Seal(#[from] certplane_events::transport::TransportError),
 }
@@ -173,44 +175,51 @@ async fn relay(
     edge_id: &str,
     server_key: String,
     after: Option<i64>,
+    edge_log: Option<String>,
 ) -> Result<(), RelayError> {
     let store = propagation.store();
     // Subscribe before reading the store: whatever the feed sends from now on is either read
     // below or received here, so nothing falls between the two.
     let mut feed = propagation.subscribe();
+    let log_id = store.log_id().await?;
     let latest = store.latest_revision().await?;
-    let resumable = match after {
-        Some(a) => a >= store.compacted_through().await? && a <= latest,
-        None => false,
+    // Revision numbers compare only within one log: after a restore from backup the same
+    // number means something else.
+    let resumable = match (after, edge_log) {
+        (Some(a), Some(l)) if l == log_id => a >= store.compacted_through().await? && a <= latest,
+        _ => false,
     };
+    let registered = if resumable { after.unwrap_or(0) } else { 0 };
+    propagation.connected(edge_id, registered).await;
     out.send(&EdgeEvent::Hello {
         edge_id: edge_id.to_owned(),
         server_key,
         snapshot: !resumable,
+        log_id,
     })
     .await?;
-    let mut from = match (after, resumable) {
+    let from = match (after, resumable) {
         (Some(a), true) => a,
         _ => snapshot(propagation, out, latest).await?,
     };
-    let mut served = catch_up(propagation, out, from).await?;
-    // Compaction may have removed entries after `from` before the catch-up read them: then
-    // what was sent may have gaps, and only a new snapshot is sure to be whole.
-    while store.compacted_through().await? > from {
-        from = snapshot(propagation, out, store.latest_revision().await?).await?;
-        served = catch_up(propagation, out, from).await?;
-    }
+    let mut served = follow_from(propagation, out, from).await?;
     loop {
         tokio::select! {
             received = feed.recv() => match received {
-                Ok(change) => {
-                    if change.revision > served {
-                        out.change(&change).await?;
-                        served = change.revision;
+                Ok(item) => match item.as_ref() {
+                    FeedItem::Change(change) => {
+                        if change.revision > served {
+                            out.change(change).await?;
+                            served = change.revision;
+                        }
                     }
-                }
+                    FeedItem::Resync => {
+                        let from = snapshot(propagation, out, store.latest_revision().await?).await?;
+                        served = follow_from(propagation, out, from).await?;
+                    }
+                },
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    served = catch_up(propagation, out, served).await?;
+                    served = follow_from(propagation, out, served).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
@@ -219,6 +228,23 @@ async fn relay(
             }
             _ = out.tx.closed() => return Err(RelayError::Gone),
         }
+    }
+}
+
+/// Sends the changes after `from` from the store, and a new snapshot when compaction removed
+/// some of them before they were read; returns the last revision sent.
+async fn follow_from(
+    propagation: &Arc<Propagation>,
+    out: &Out,
+    mut from: i64,
+) -> Result<i64, RelayError> {
+    let store = propagation.store();
+    loop {
+        let served = catch_up(propagation, out, from).await?;
+        if store.compacted_through().await? <= from {
+            return Ok(served);
+        }
+        from = snapshot(propagation, out, store.latest_revision().await?).await?;
     }
 }
 
@@ -237,13 +263,12 @@ async fn snapshot(
         after = Some(last.hostname.as_str().to_owned());
         let full = page.len() as u32 == BATCH;
         for record in page {
-            if let Some(plain) = propagation.plain(record) {
-                out.send(&EdgeEvent::Host {
-                    revision,
-                    host: plain.sealed(&out.key)?,
-                })
-                .await?;
-            }
+            let plain = propagation.plain(record)?;
+            out.send(&EdgeEvent::Host {
+                revision,
+                host: plain.sealed(&out.key)?,
+            })
+            .await?;
         }
         if !full {
             break;
@@ -279,7 +304,7 @@ async fn catch_up(
     responses(
         (status = 204, description = "Recorded"),
         (status = 403, description = "EDGE_ONLY", body = ErrorBody),
-        (status = 422, description = "EDGE_ID_INVALID", body = ErrorBody),
+        (status = 422, description = "EDGE_ID_INVALID, REVISION_OUT_OF_RANGE", body = ErrorBody),
     ))]
 pub async fn ack(
     State(state): State<ApiState>,
@@ -288,22 +313,32 @@ pub async fn ack(
     Json(body): Json<EdgeAckBody>,
 ) -> Result<StatusCode, ApiError> {
     let id = valid_edge_id(&id)?;
-    state.propagation.ack(&id, body.revision).await;
+    let latest = state.store.latest_revision().await?;
+    if !(0..=latest).contains(&body.revision) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "REVISION_OUT_OF_RANGE",
+            format!(
+                "revision {} is not in the log (0 to {latest})",
+                body.revision
+            ),
+            "Acknowledge the revision of the last event applied; after a control-plane restore, reconnect for a snapshot.",
+        ));
+    }
+    state
+        .propagation
+        .ack(&id, body.revision, body.leaving)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `{"revision": N}`.
+/// `{"revision": N, "leaving": false}` (the wire form of `certplane_events::EdgeAck`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EdgeAckBody {
     pub revision: i64,
-}
-
-impl From<EdgeAckBody> for EdgeAck {
-    fn from(b: EdgeAckBody) -> Self {
-        Self {
-            revision: b.revision,
-        }
-    }
+    /// The edge is stopping: `?wait=propagated` stops waiting for it.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 /// Each edge with the revision it serves and when it was last heard from.
