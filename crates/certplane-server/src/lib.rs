@@ -95,6 +95,11 @@ pub async fn serve(
             propagation.shutdown();
         }
     };
+    // No Nagle: the edge stream writes one small line per change, and a line held back until
+    // the previous one is acknowledged waits out the peer's delayed ACK (40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(stop_all)
         .await;
