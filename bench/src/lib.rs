@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod edge;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -40,16 +42,41 @@ pub struct Server {
 impl Server {
     /// Starts `serve` in `dir`, pinned to CPU `cpu` with `taskset` when it is available.
     pub fn start(dir: &Path, database_url: Option<&str>, cpu: u32) -> Result<Self, String> {
+        let mut env = Vec::new();
+        if let Some(url) = database_url {
+            env.push(("CERTPLANE_DATABASE_URL", url.to_owned()));
+        }
+        Self::spawn(dir, dir.join("data"), &env, Some(cpu))
+    }
+
+    /// Starts `serve` on a data directory seeded beforehand (`CERTPLANE_DATA_DIR`), with its
+    /// built-in edge off, pinned to `cpu` when given.
+    pub fn start_seeded(data_dir: &Path, cpu: Option<u32>) -> Result<Self, String> {
+        let env = [
+            ("CERTPLANE_DATA_DIR", data_dir.display().to_string()),
+            ("CERTPLANE_EDGE_ENABLED", "false".to_owned()),
+            ("CERTPLANE_DNS_LISTEN", "127.0.0.1:0".to_owned()),
+        ];
+        Self::spawn(data_dir, data_dir.to_owned(), &env, cpu)
+    }
+
+    fn spawn(
+        dir: &Path,
+        data_dir: PathBuf,
+        env: &[(&str, String)],
+        cpu: Option<u32>,
+    ) -> Result<Self, String> {
         let bin = certplane_binary()?;
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?;
-        let mut cmd = if has_taskset() {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(cpu.to_string()).arg(&bin);
-            c
-        } else {
-            Command::new(&bin)
+        let mut cmd = match cpu {
+            Some(cpu) if has_taskset() => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(&bin);
+                c
+            }
+            _ => Command::new(&bin),
         };
         cmd.arg("serve")
             .current_dir(dir)
@@ -60,15 +87,17 @@ impl Server {
             .env("CERTPLANE_DNS_NAMESERVERS", "127.0.0.1:9")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if let Some(url) = database_url {
-            cmd.env("CERTPLANE_DATABASE_URL", url);
+        for (key, value) in env {
+            cmd.env(key, value);
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(addr).is_err() {
-            if Instant::now() > deadline {
+            if Instant::now() > deadline || child.try_wait().is_ok_and(|s| s.is_some()) {
+                let _ = child.kill();
+                let _ = child.wait();
                 return Err(format!("serve did not listen on {addr}"));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -76,7 +105,7 @@ impl Server {
         Ok(Self {
             child,
             addr,
-            data_dir: dir.join("data"),
+            data_dir,
         })
     }
 
@@ -105,6 +134,13 @@ fn has_taskset() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// User + system CPU time of a process (and its threads), from `/proc/PID/stat`.
@@ -175,8 +211,12 @@ pub fn provenance() -> String {
     format!("{date}, commit {commit}, {cores} cores ({cpu})")
 }
 
-/// Appends a section to `bench/RESULTS.md`.
+/// Appends a section to `bench/RESULTS.md` (not when `BENCH_NO_RECORD` is set: trial runs).
 pub fn record(section: &str) -> Result<(), String> {
+    if std::env::var_os("BENCH_NO_RECORD").is_some() {
+        println!("BENCH_NO_RECORD is set: not appended to RESULTS.md");
+        return Ok(());
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
