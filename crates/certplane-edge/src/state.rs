@@ -20,12 +20,51 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Shards of the hostname map. The follower publishes a new snapshot per change: cloning a
+/// snapshot copies only the shard pointers, and a change copies only its own shard, so a change
+/// costs O(N / SHARDS + SHARDS), not O(N).
+const SHARDS: usize = 256;
+
+type Shard = HashMap<Arc<str>, Arc<HostEntry>>;
+
 /// Everything the edge serves at one revision.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct Snapshot {
     revision: i64,
-    hosts: HashMap<Arc<str>, Arc<HostEntry>>,
+    shards: Vec<Arc<Shard>>,
+    hosts: usize,
     certificates: usize,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("revision", &self.revision)
+            .field("hosts", &self.hosts)
+            .field("certificates", &self.certificates)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            revision: 0,
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::new())).collect(),
+            hosts: 0,
+            certificates: 0,
+        }
+    }
+}
+
+/// FNV-1a: cheap, and good enough to spread names over shards (each shard hashes again).
+fn shard_of(name: &str) -> usize {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash as usize % SHARDS
 }
 
 /// What the edge serves for one hostname.
@@ -99,11 +138,11 @@ impl Snapshot {
 
     /// Hostnames held.
     pub fn len(&self) -> usize {
-        self.hosts.len()
+        self.hosts
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
+        self.hosts == 0
     }
 
     /// Certificates held (all hostnames).
@@ -113,22 +152,31 @@ impl Snapshot {
 
     /// The entry for exactly this name.
     pub fn host(&self, name: &str) -> Option<&Arc<HostEntry>> {
-        self.hosts.get(name)
+        self.shards[shard_of(name)].get(name)
     }
 
-    /// Replaces (or adds) a hostname's entry.
+    /// Replaces (or adds) a hostname's entry. Copies the entry's shard if another snapshot
+    /// shares it.
     pub fn insert(&mut self, entry: HostEntry) {
         self.certificates += entry.certificates.len();
-        if let Some(old) = self.hosts.insert(entry.hostname.clone(), Arc::new(entry)) {
-            self.certificates -= old.certificates.len();
+        let shard = Arc::make_mut(&mut self.shards[shard_of(&entry.hostname)]);
+        match shard.insert(entry.hostname.clone(), Arc::new(entry)) {
+            Some(old) => self.certificates -= old.certificates.len(),
+            None => self.hosts += 1,
         }
     }
 
     /// Drops a hostname. Returns whether it was held.
     pub fn remove(&mut self, name: &str) -> bool {
-        match self.hosts.remove(name) {
+        let index = shard_of(name);
+        if !self.shards[index].contains_key(name) {
+            return false;
+        }
+        let shard = Arc::make_mut(&mut self.shards[index]);
+        match shard.remove(name) {
             Some(old) => {
                 self.certificates -= old.certificates.len();
+                self.hosts -= 1;
                 true
             }
             None => false,
@@ -137,8 +185,8 @@ impl Snapshot {
 
     /// The entries that can answer for `name`: the exact one, then the wildcard one label up.
     fn candidates<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Arc<HostEntry>> + 'a {
-        let exact = self.hosts.get(name);
-        let wildcard = wildcard_of(name).and_then(|w| self.hosts.get(w.as_str()));
+        let exact = self.host(name);
+        let wildcard = wildcard_of(name).and_then(|w| self.host(&w));
         exact.into_iter().chain(wildcard)
     }
 
@@ -169,13 +217,12 @@ impl Snapshot {
 
     /// The TLS-ALPN-01 validation certificate for exactly `sni`.
     pub fn alpn_challenge(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
-        self.hosts.get(sni).and_then(|e| e.alpn.clone())
+        self.host(sni).and_then(|e| e.alpn.clone())
     }
 
     /// The HTTP-01 answer for exactly `host` and `token`.
     pub fn http01(&self, host: &str, token: &str) -> Option<&str> {
-        self.hosts
-            .get(host)
+        self.host(host)
             .and_then(|e| e.http01.get(token))
             .map(String::as_str)
     }
@@ -352,6 +399,46 @@ fn alpn_certificate(hostname: &str, key_authorization: &str) -> Result<Certified
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(name: &str) -> HostEntry {
+        HostEntry {
+            hostname: Arc::from(name),
+            app: Some(Arc::new(AppRoute::new(name.to_owned(), Vec::new()))),
+            certificates: Vec::new(),
+            http01: HashMap::new(),
+            alpn: None,
+            changed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_published_snapshot_never_changes_when_the_next_one_is_built() {
+        let mut working = Snapshot::default();
+        for i in 0..2000 {
+            working.insert(entry(&format!("h{i}.example.com")));
+        }
+        let published = working.clone();
+        working.remove("h1.example.com");
+        working.insert(entry("new.example.com"));
+        working.insert(entry("h2.example.com"));
+        assert_eq!(published.len(), 2000);
+        assert!(published.host("h1.example.com").is_some());
+        assert!(published.host("new.example.com").is_none());
+        assert_eq!(working.len(), 2000);
+        assert!(working.host("h1.example.com").is_none());
+        assert!(working.host("new.example.com").is_some());
+        assert!(!working.remove("h1.example.com"), "removed once");
+        // Only the changed shards were copied; the others are shared.
+        let shared = published
+            .shards
+            .iter()
+            .zip(&working.shards)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert!(shared >= SHARDS - 3, "{shared} of {SHARDS} shards shared");
+        assert!(working.route("a.h5.example.com").is_none());
+        assert!(working.route("h5.example.com").is_some());
+    }
 
     #[test]
     fn wildcard_is_one_label_up_only() {
