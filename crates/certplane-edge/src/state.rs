@@ -359,11 +359,17 @@ fn served_certificate(
         key_type: cert.key_type.clone(),
         reason: "not a PEM private key".into(),
     })?;
-    let chain = CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes())
+    let mut chain = CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| unusable(format!("bad PEM chain: {e:?}")))?;
     if chain.is_empty() {
         return Err(unusable("empty chain".into()));
+    }
+    // Intermediates are shared by many certificates (a CA's by all it issues): hold one copy.
+    for issuer in chain.iter_mut().skip(1) {
+        if let Some(shared) = intern(issuer.as_ref()) {
+            *issuer = CertificateDer::from(shared);
+        }
     }
     let signing = rustls::crypto::ring::sign::any_supported_type(&private)
         .map_err(|e| unusable(format!("unsupported key: {e}")))?;
@@ -379,6 +385,37 @@ fn served_certificate(
         not_after: cert.not_after,
         fingerprint: cert.fingerprint.clone(),
     })
+}
+
+/// Distinct intermediates held once for the whole process. Bounded: past the limit (far more
+/// CAs than exist; a flood of made-up chains in imports) certificates keep their own copies.
+const INTERN_LIMIT: usize = 4096;
+
+fn interned() -> &'static std::sync::Mutex<HashMap<[u8; 32], &'static [u8]>> {
+    static INTERNED: std::sync::OnceLock<std::sync::Mutex<HashMap<[u8; 32], &'static [u8]>>> =
+        std::sync::OnceLock::new();
+    INTERNED.get_or_init(|| std::sync::Mutex::new(HashMap::new()))
+}
+
+/// The process's one copy of this certificate's DER (`None` past [`INTERN_LIMIT`]). The copies
+/// live as long as the process, which the limit bounds.
+fn intern(der: &[u8]) -> Option<&'static [u8]> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut id = [0u8; 32];
+    id.copy_from_slice(digest.as_ref());
+    // A panic while holding the lock leaves a consistent map; keep using it.
+    let mut map = interned()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(shared) = map.get(&id) {
+        return Some(shared);
+    }
+    if map.len() >= INTERN_LIMIT {
+        return None;
+    }
+    let shared: &'static [u8] = Box::leak(der.to_vec().into_boxed_slice());
+    map.insert(id, shared);
+    Some(shared)
 }
 
 /// RFC 8737: a self-signed certificate for the name with the critical acmeIdentifier
@@ -438,6 +475,16 @@ mod tests {
         assert!(shared >= SHARDS - 3, "{shared} of {SHARDS} shards shared");
         assert!(working.route("a.h5.example.com").is_none());
         assert!(working.route("h5.example.com").is_some());
+    }
+
+    #[test]
+    fn intermediates_are_held_once() {
+        let der = b"an intermediate's DER, for this test".to_vec();
+        let a = intern(&der).expect("interned");
+        let b = intern(&der.clone()).expect("interned");
+        assert!(std::ptr::eq(a, b), "one copy");
+        assert_eq!(a, der.as_slice());
+        assert!(!std::ptr::eq(intern(b"another").expect("interned"), a));
     }
 
     #[test]
