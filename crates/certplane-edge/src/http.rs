@@ -284,14 +284,13 @@ mod tests {
         let signing = rustls::crypto::ring::sign::any_supported_type(&private).expect("key");
         ServedCertificate {
             source: CertSource::Acme,
-            key_type: "ecdsa".into(),
+            key_type: "ecdsa",
             key: Arc::new(CertifiedKey::new(
                 vec![generated.cert.der().clone()],
                 signing,
             )),
             not_before: 0,
             not_after: i64::MAX / 2,
-            fingerprint: "test".into(),
         }
     }
 

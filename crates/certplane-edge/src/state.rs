@@ -91,6 +91,27 @@ pub struct AppRoute {
     next: AtomicUsize,
 }
 
+/// One [`AppRoute`] per app for all its hostnames: less memory per hostname, and round robin
+/// across the app rather than per name.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: HashMap<(String, Vec<String>), Arc<AppRoute>>,
+}
+
+impl RouteTable {
+    /// The shared route equal to `entry`'s.
+    pub fn share(&mut self, entry: &mut HostEntry) {
+        let Some(app) = entry.app.take() else { return };
+        let key = (app.name.clone(), app.backends.clone());
+        entry.app = Some(self.routes.entry(key).or_insert(app).clone());
+    }
+
+    /// Forgets routes (before a full snapshot, which brings every one still in use again).
+    pub fn clear(&mut self) {
+        self.routes.clear();
+    }
+}
+
 impl AppRoute {
     pub fn new(name: String, backends: Vec<String>) -> Self {
         Self {
@@ -113,11 +134,11 @@ impl AppRoute {
 #[derive(Debug)]
 pub struct ServedCertificate {
     pub source: CertSource,
-    pub key_type: String,
+    /// `ecdsa`, `rsa` (or `other`).
+    pub key_type: &'static str,
     pub key: Arc<CertifiedKey>,
     pub not_before: i64,
     pub not_after: i64,
-    pub fingerprint: String,
 }
 
 impl ServedCertificate {
@@ -286,7 +307,7 @@ impl HostEntry {
                 }
             })
             .collect();
-        certificates.sort_by_key(|c| (source_rank(c.source), key_rank(&c.key_type)));
+        certificates.sort_by_key(|c| (source_rank(c.source), key_rank(c.key_type)));
         let mut http01 = HashMap::new();
         let mut alpn = None;
         for challenge in host.challenges {
@@ -379,11 +400,14 @@ fn served_certificate(
         .map_err(|e| unusable(format!("key does not match the certificate: {e}")))?;
     Ok(ServedCertificate {
         source: cert.source,
-        key_type: cert.key_type.clone(),
+        key_type: match cert.key_type.as_str() {
+            "ecdsa" => "ecdsa",
+            "rsa" => "rsa",
+            _ => "other",
+        },
         key: Arc::new(certified),
         not_before: cert.not_before,
         not_after: cert.not_after,
-        fingerprint: cert.fingerprint.clone(),
     })
 }
 
@@ -475,6 +499,32 @@ mod tests {
         assert!(shared >= SHARDS - 3, "{shared} of {SHARDS} shards shared");
         assert!(working.route("a.h5.example.com").is_none());
         assert!(working.route("h5.example.com").is_some());
+    }
+
+    #[test]
+    fn hostnames_of_one_app_share_its_route() {
+        let mut table = RouteTable::default();
+        let (mut a, mut b, mut c) = (entry("a.x.test"), entry("b.x.test"), entry("c.x.test"));
+        for e in [&mut a, &mut b] {
+            e.app = Some(Arc::new(AppRoute::new(
+                "web".into(),
+                vec!["10.0.0.1:80".into()],
+            )));
+        }
+        c.app = Some(Arc::new(AppRoute::new(
+            "web".into(),
+            vec!["10.0.0.2:80".into()],
+        )));
+        table.share(&mut a);
+        table.share(&mut b);
+        table.share(&mut c);
+        let route = |e: &HostEntry| e.app.clone().expect("app");
+        assert!(Arc::ptr_eq(&route(&a), &route(&b)));
+        assert!(
+            !Arc::ptr_eq(&route(&a), &route(&c)),
+            "other backends, other route"
+        );
+        assert_eq!(route(&c).backends, vec!["10.0.0.2:80".to_owned()]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::SnapshotHandle;
 use crate::metrics::Metrics;
-use crate::state::{HostEntry, Snapshot};
+use crate::state::{HostEntry, RouteTable, Snapshot};
 
 /// A stream with no line for this long is taken as broken.
 pub const STALE_AFTER: Duration = Duration::from_secs(45);
@@ -81,6 +81,7 @@ pub struct Follower {
     working: Snapshot,
     /// The control plane log the served revision belongs to.
     log_id: Option<String>,
+    routes: RouteTable,
 }
 
 impl Follower {
@@ -103,6 +104,7 @@ impl Follower {
             served,
             working: Snapshot::default(),
             log_id: None,
+            routes: RouteTable::default(),
         })
     }
 
@@ -222,11 +224,13 @@ impl Follower {
                     EdgeEvent::SnapshotBegin { .. } => {
                         key.as_ref().ok_or(SyncError::NoHello)?;
                         building = Some(Snapshot::default());
+                        self.routes.clear();
                     }
                     EdgeEvent::Host { revision, host } => {
                         let key = key.as_ref().ok_or(SyncError::NoHello)?;
                         let changed_at = host.changed_at_ms;
-                        let (entry, errors) = HostEntry::build(host, key);
+                        let (mut entry, errors) = HostEntry::build(host, key);
+                        self.routes.share(&mut entry);
                         for e in errors {
                             tracing::warn!(error = %e, "part of a hostname's state is not served");
                         }
