@@ -205,10 +205,14 @@ impl Snapshot {
     }
 
     /// The entries that can answer for `name`: the exact one, then the wildcard one label up.
-    fn candidates<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Arc<HostEntry>> + 'a {
+    fn candidates<'a, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a Arc<HostEntry>> + use<'a, 'n> {
         let exact = self.host(name);
-        let wildcard = wildcard_of(name).and_then(|w| self.host(&w));
-        exact.into_iter().chain(wildcard)
+        // Looked up only when the exact entry does not answer (most handshakes stop there).
+        let wildcard = std::iter::once_with(move || wildcard_of(name).and_then(|w| self.host(&w)));
+        exact.into_iter().chain(wildcard.flatten())
     }
 
     /// The certificate to present for `sni` to a client that accepts `schemes`, at `now`
