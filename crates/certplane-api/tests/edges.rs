@@ -1529,3 +1529,66 @@ async fn an_edge_behind_a_compacted_log_takes_a_fresh_snapshot() {
     );
     edge.stop().await;
 }
+
+/// Two control planes over one PostgreSQL database: an edge follows the first; a change made
+/// through the second reaches it (the first's feed polls the shared log), and the second's
+/// `?wait=propagated` sees the edge's acks through the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_two_control_planes_propagates_through_the_shared_log() {
+    let dns = ChallTestSrv::start();
+    let first = TestApi::start_with_dns(TestDb::postgres().await, &[dns.dns]).await;
+    let second = first.peer().await;
+    let customer = Customer::new(&first, dns, &[]).await;
+    let pki = Pki::new();
+    let roots = roots(&pki);
+    let host = "www.fleet.test";
+    let (leaf, key) = pki.leaf(&[host], 90);
+    customer
+        .import(&first, host, &chain(&pki, &leaf), &key, "")
+        .await;
+    customer.prove(&first, host, "").await;
+    let edge = TestEdge::start(&first.base, &first.admin, "fleet-edge").await;
+    assert_eq!(
+        probe(edge.addrs.https, host, &roots).await,
+        Served::Leaf(der_of(&leaf))
+    );
+    // The edge's acks reach the second control plane through the store.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, list) = second
+            .send(Method::GET, "/v1/edges", Some(&first.admin), None)
+            .await;
+        let seen = list["edges"]
+            .as_array()
+            .expect("edges")
+            .iter()
+            .any(|e| e["id"] == "fleet-edge" && e["live"] == true && e["connected"] == false);
+        if seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second control plane does not see the edge: {list:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A replacement through the second control plane, waiting for every live edge.
+    let (leaf2, key2) = pki.leaf(&[host], 45);
+    let (status, body) = customer
+        .import(
+            &second,
+            host,
+            &chain(&pki, &leaf2),
+            &key2,
+            "?wait=propagated&timeout=10",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["propagation"]["propagated"], true, "{body:#}");
+    assert_eq!(body["propagation"]["edges_live"], 1, "{body:#}");
+    assert_eq!(
+        probe(edge.addrs.https, host, &roots).await,
+        Served::Leaf(der_of(&leaf2))
+    );
+    edge.stop().await;
+}

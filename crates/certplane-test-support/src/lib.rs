@@ -35,7 +35,12 @@ pub struct TestDb {
 #[derive(Debug)]
 enum Cleanup {
     Dir(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { admin_url: String, name: String },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+    /// Another connection to a database another `TestDb` owns.
+    Peer,
 }
 
 impl TestDb {
@@ -68,6 +73,17 @@ impl TestDb {
 
     pub fn sql_store(&self) -> Arc<SqlStore> {
         self.store.clone()
+    }
+
+    /// A second store over the same database (a second control plane of a fleet); the first
+    /// `TestDb` still owns the database and must outlive this one.
+    pub async fn peer(&self) -> Self {
+        let store = SqlStore::open(&self.url).await.expect("second store opens");
+        Self {
+            store: Arc::new(store),
+            url: self.url.clone(),
+            cleanup: Cleanup::Peer,
+        }
     }
 
     /// The database URL, for a `certplane serve` under test.

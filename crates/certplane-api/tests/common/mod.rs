@@ -52,6 +52,26 @@ impl TestApi {
     /// The API over `db`, its checks asking `nameservers` (a loopback port where nothing
     /// answers when the test does no DNS).
     pub async fn start_with_dns(db: TestDb, nameservers: &[SocketAddr]) -> Self {
+        Self::start_with_keys(db, nameservers, None).await
+    }
+
+    /// Another control plane over the same database (a fleet on PostgreSQL), sharing this
+    /// one's master keys. `self` owns the database and must outlive it.
+    pub async fn peer(&self) -> Self {
+        let db = self._db.peer().await;
+        Self::start_with_keys(
+            db,
+            &[SocketAddr::from(([127, 0, 0, 1], 9))],
+            Some(self.keys.clone()),
+        )
+        .await
+    }
+
+    async fn start_with_keys(
+        db: TestDb,
+        nameservers: &[SocketAddr],
+        shared_keys: Option<Arc<MasterKeys>>,
+    ) -> Self {
         let store: Arc<dyn Store> = db.store();
         let admin = ApiToken::generate();
         store.bootstrap_admin(&admin.hash()).await.expect("admin");
@@ -65,9 +85,12 @@ impl TestApi {
         let platform = Arc::new(platform());
         let verifier = Arc::new(Verifier::new(store.clone(), checker, platform.clone()));
         let keys_dir = tempfile::tempdir().expect("tempdir");
-        let keys = Arc::new(
-            MasterKeys::load_or_create(&keys_dir.path().join("master-keys")).expect("master keys"),
-        );
+        let keys = shared_keys.unwrap_or_else(|| {
+            Arc::new(
+                MasterKeys::load_or_create(&keys_dir.path().join("master-keys"))
+                    .expect("master keys"),
+            )
+        });
         let store_handle = store.clone();
         let propagation = certplane_api::Propagation::new(store.clone(), keys.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
