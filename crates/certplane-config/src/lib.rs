@@ -69,6 +69,9 @@ pub struct DnsConfig {
     /// Whether `serve` re-checks hostnames in the background (pending ones with back-off,
     /// verified ones hourly).
     pub background_checks: bool,
+    /// The challenge zone's name servers, as its parent zone delegates it (the NS records the
+    /// platform's DNS server answers); empty means `ns1.<challenge_zone>`.
+    pub zone_nameservers: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -142,6 +145,7 @@ impl Default for DnsConfig {
                 .map(|r| format!("cloudflare={r}"))
                 .collect(),
             background_checks: true,
+            zone_nameservers: Vec::new(),
         }
     }
 }
@@ -223,6 +227,7 @@ pub const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("dns", "nameservers", EnvKind::List),
     ("dns", "proxy_ranges", EnvKind::List),
     ("dns", "background_checks", EnvKind::Bool),
+    ("dns", "zone_nameservers", EnvKind::List),
     ("acme", "directory_url", EnvKind::Text),
     ("acme", "ca_root_file", EnvKind::Text),
     ("acme", "contact", EnvKind::List),

@@ -70,6 +70,7 @@ pub async fn serve(
     let propagation = Propagation::new(store.clone(), keys.clone());
     let feed = tokio::spawn(propagation.clone().run_feed(stop_rx.clone()));
     let compaction = tokio::spawn(compact_log(store.clone(), stop_rx.clone()));
+    let router_store = store.clone();
     let router = certplane_api::router(ApiDeps {
         store,
         platform,
@@ -86,6 +87,11 @@ pub async fn serve(
         .edge
         .enabled
         .then(|| tokio::spawn(run_edge(config.clone(), addr, admin_token, stop_rx.clone())));
+    let dns = tokio::spawn(run_challenge_dns(
+        config.clone(),
+        router_store.clone(),
+        stop_rx.clone(),
+    ));
     let stop_all = {
         let propagation = propagation.clone();
         async move {
@@ -112,6 +118,7 @@ pub async fn serve(
     if let Some(task) = edge {
         let _ = task.await;
     }
+    let _ = dns.await;
     served.map_err(ServerError::Io)?;
     tracing::info!("stopped");
     Ok(())
@@ -250,6 +257,54 @@ async fn run_edge(
     }
 }
 
+/// `serve`'s challenge-zone DNS server. If it cannot listen (port 53 needs privileges, or a
+/// local resolver holds it), the rest of the platform keeps running and the log says why.
+async fn run_challenge_dns(
+    config: Config,
+    store: Arc<dyn Store>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Err(e) = challenge_dns(&config, store, stop).await {
+        tracing::error!(error = %e, "the challenge DNS server is not running; set dns.listen to a free address");
+    }
+}
+
+/// The challenge-zone DNS server until `stop` turns true (`serve`, and `certplane dns` alone).
+pub async fn challenge_dns(
+    config: &Config,
+    store: Arc<dyn Store>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let platform = config.platform_settings()?;
+    certplane_challenge_dns::run(
+        store,
+        &platform.challenge_zone,
+        &config.dns.zone_nameservers,
+        config.dns.listen,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+        |_| {},
+    )
+    .await
+    .map_err(|e| ServerError::Dns(e.to_string()))
+}
+
+/// `certplane dns`: the challenge-zone DNS server alone, over the configured database, until
+/// `shutdown` completes.
+pub async fn serve_dns(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open(&config.database_url()).await?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    challenge_dns(&config, store, stop_rx).await
+}
+
 /// Registers the token in `path` as an admin token, creating both on first start. Returns it.
 async fn ensure_admin_token(store: &dyn Store, path: &Path) -> Result<String, ServerError> {
     let file_error = |source| ServerError::AdminToken {
@@ -333,4 +388,6 @@ pub enum ServerError {
     Resolver(ResolverSetupError),
     #[error("I/O error: {0}")]
     Io(std::io::Error),
+    #[error("challenge DNS server: {0}")]
+    Dns(String),
 }

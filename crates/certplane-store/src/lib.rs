@@ -247,6 +247,22 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::changes_since`], so a compaction in between cannot go unnoticed.
     async fn compacted_through(&self) -> Result<i64, StoreError>;
 
+    /// Publishes a DNS-01 TXT value at `name` (lowercase, no trailing dot) in the platform's
+    /// challenge zone until `expires_at` (unix seconds). Values add up: several orders can
+    /// validate at one name at once.
+    async fn put_dns_challenge(
+        &self,
+        name: &str,
+        value: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Withdraws one DNS-01 value. `false` when it was not published.
+    async fn remove_dns_challenge(&self, name: &str, value: &str) -> Result<bool, StoreError>;
+
+    /// Every DNS-01 value not expired at `now`: `(name, value)` by name.
+    async fn dns_challenges(&self, now: i64) -> Result<Vec<(String, String)>, StoreError>;
+
     /// The propagation log's identity, drawn on first call and kept with the database: revision
     /// numbers compare only within one log (a restored backup is another log).
     async fn log_id(&self) -> Result<String, StoreError>;

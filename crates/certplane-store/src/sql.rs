@@ -1556,6 +1556,47 @@ impl Store for SqlStore {
         )
     }
 
+    async fn put_dns_challenge(
+        &self,
+        name: &str,
+        value: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dns_challenges (name, value, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name, value) DO UPDATE SET expires_at = excluded.expires_at",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(now())
+        .bind(expires_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_dns_challenge(&self, name: &str, value: &str) -> Result<bool, StoreError> {
+        let removed = sqlx::query("DELETE FROM dns_challenges WHERE name = $1 AND value = $2")
+            .bind(name)
+            .bind(value)
+            .execute(&self.writer)
+            .await?;
+        Ok(removed.rows_affected() > 0)
+    }
+
+    async fn dns_challenges(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, value FROM dns_challenges WHERE expires_at > $1 ORDER BY name, value",
+        )
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("name")?, row.try_get("value")?)))
+            .collect()
+    }
+
     async fn log_id(&self) -> Result<String, StoreError> {
         let current: String = sqlx::query_scalar("SELECT log_id FROM revision_compaction")
             .fetch_one(&self.reader)

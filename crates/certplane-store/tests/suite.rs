@@ -60,6 +60,7 @@ suite!(
     edge_snapshot_pages_match_edge_host,
     revisions_per_hostname_and_compaction,
     the_log_keeps_one_identity,
+    dns_challenge_values_add_up_and_expire,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -1679,4 +1680,57 @@ async fn the_log_keeps_one_identity(db: &TestDb) {
     // Another database is another log.
     let other = TestDb::sqlite().await;
     assert_ne!(other.store().log_id().await.expect("log id"), first);
+}
+
+async fn dns_challenge_values_add_up_and_expire(db: &TestDb) {
+    let store = db.store();
+    let name = "www.example.com.tok.acme.plat.test";
+    // The apex and the wildcard order validate at the same name: both values stay.
+    store
+        .put_dns_challenge(name, "apex-value", 2_000)
+        .await
+        .expect("put");
+    store
+        .put_dns_challenge(name, "wild-value", 2_000)
+        .await
+        .expect("put");
+    store
+        .put_dns_challenge("other.tok.acme.plat.test", "old", 1_000)
+        .await
+        .expect("put");
+    let live = store.dns_challenges(1_500).await.expect("list");
+    assert_eq!(
+        live,
+        vec![
+            (name.to_owned(), "apex-value".to_owned()),
+            (name.to_owned(), "wild-value".to_owned()),
+        ],
+        "expired values are not served"
+    );
+    // Putting again extends, never duplicates.
+    store
+        .put_dns_challenge(name, "apex-value", 3_000)
+        .await
+        .expect("put");
+    assert_eq!(store.dns_challenges(2_500).await.expect("list").len(), 1);
+    assert!(
+        store
+            .remove_dns_challenge(name, "apex-value")
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !store
+            .remove_dns_challenge(name, "apex-value")
+            .await
+            .expect("remove")
+    );
+    assert!(
+        store
+            .dns_challenges(0)
+            .await
+            .expect("list")
+            .iter()
+            .all(|(_, v)| v != "apex-value")
+    );
 }

@@ -44,6 +44,12 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Run the challenge-zone DNS server alone (it also runs inside `serve`), over the
+    /// configured database.
+    Dns {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Hostnames and their certificates.
     Certs {
         #[command(subcommand)]
@@ -111,6 +117,20 @@ fn main() -> ExitCode {
                 |_| {},
             ));
             match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Dns { config } => {
+            init_logging();
+            let config = match Config::load(config.as_deref(), |k| std::env::var(k).ok()) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            match runtime.block_on(certplane_server::serve_dns(
+                config,
+                certplane_server::shutdown_signal(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             }

@@ -30,6 +30,7 @@ impl Serve {
             .env("CERTPLANE_EDGE_HTTPS_LISTEN", "127.0.0.1:0")
             .env("CERTPLANE_EDGE_HTTP_LISTEN", "127.0.0.1:0")
             .env("CERTPLANE_EDGE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("CERTPLANE_DNS_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in extra_env {
@@ -701,5 +702,132 @@ impl Drop for KillOnDrop {
         let _ = Command::new("kill")
             .args(["-KILL", &self.0.to_string()])
             .status();
+    }
+}
+
+/// A TXT question for `name`, by hand (the test needs no DNS library).
+fn txt_question(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 16, 0, 1]);
+    q
+}
+
+/// Asks `addr` over UDP; (rcode, authoritative, answer count, raw answer).
+fn ask_txt(addr: SocketAddr, name: &str) -> (u8, bool, u16, Vec<u8>) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    socket.send_to(&txt_question(name), addr).expect("send");
+    let mut buf = [0u8; 2048];
+    let len = socket.recv(&mut buf).expect("an answer");
+    let answer = buf[..len].to_vec();
+    let count = u16::from_be_bytes([answer[6], answer[7]]);
+    (answer[3] & 0x0f, answer[2] & 0x04 != 0, count, answer)
+}
+
+/// The challenge-zone DNS server runs inside `serve` and alone (`certplane dns`), answering the
+/// DNS-01 values in the store.
+#[test]
+fn the_challenge_dns_server_answers_in_serve_and_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dns = free_addr();
+    let listen = dns.to_string();
+    let serve = Serve::start(
+        dir.path(),
+        &[
+            ("CERTPLANE_DNS_LISTEN", listen.as_str()),
+            ("CERTPLANE_PLATFORM_CHALLENGE_ZONE", "acme.plat.test"),
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("data/certplane.db").display()
+    );
+    let name = "www.example.com.tok.acme.plat.test";
+    rt.block_on(async {
+        let store = certplane_store::SqlStore::open(&url).await.expect("store");
+        use certplane_store::Store;
+        store
+            .put_dns_challenge(name, "value-one", i64::MAX / 2)
+            .await
+            .expect("put");
+        store
+            .put_dns_challenge(name, "value-two", i64::MAX / 2)
+            .await
+            .expect("put");
+        store.close().await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answered = loop {
+        let got = ask_txt(dns, name);
+        if got.2 == 2 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "values not answered: {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (rcode, aa, _, raw) = answered;
+    assert_eq!((rcode, aa), (0, true));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("value-one") && text.contains("value-two"),
+        "{text}"
+    );
+    let (rcode, aa, count, _) = ask_txt(dns, "nope.acme.plat.test");
+    assert_eq!((rcode, aa, count), (3, true, 0), "NXDOMAIN inside the zone");
+    let (rcode, aa, _, _) = ask_txt(dns, "example.com");
+    assert_eq!((rcode, aa), (5, false), "REFUSED outside it");
+    assert!(serve.terminate().success());
+
+    // Alone, over the same database.
+    let mut alone = Command::new(BIN)
+        .arg("dns")
+        .current_dir(dir.path())
+        .env("CERTPLANE_DNS_LISTEN", &listen)
+        .env("CERTPLANE_PLATFORM_CHALLENGE_ZONE", "acme.plat.test")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("certplane dns starts");
+    let _guard = KillOnDrop(alone.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = alone.try_wait() {
+            panic!("certplane dns exited early with {status}");
+        }
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        socket.send_to(&txt_question(name), dns).expect("send");
+        let mut buf = [0u8; 2048];
+        if let Ok(len) = socket.recv(&mut buf) {
+            assert_eq!(u16::from_be_bytes([buf[6], buf[7]]), 2, "both values");
+            let _ = len;
+            break;
+        }
+        assert!(Instant::now() < deadline, "certplane dns does not answer");
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &alone.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = alone.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "certplane dns exits 0 on SIGTERM: {status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "certplane dns did not stop");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
