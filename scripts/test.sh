@@ -12,6 +12,7 @@ command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v pebble-challtestsrv >/dev/null 2>&1 || missing+=(pebble)   # DNS server the tests program
 [ -x /usr/sbin/nsd ] || missing+=(nsd)                                # authoritative DNS (NXDOMAIN)
+[ -x /usr/sbin/unbound ] || missing+=(unbound)                        # recursive resolver in front of test zones
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   apt-get update -qq

@@ -6,6 +6,7 @@ use std::time::Duration;
 use certplane_challenge_dns::RELOAD_EVERY;
 use certplane_domain::Hostname;
 use certplane_test_support::TestDb;
+use certplane_test_support::dns::{ChallTestSrv, Unbound};
 use hickory_server::proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_server::proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +15,8 @@ use tokio::net::{TcpStream, UdpSocket};
 fn question(name: &str, qtype: RecordType) -> Vec<u8> {
     let mut m = Message::query();
     m.metadata.id = 4242;
+    // Ignored by the authoritative server; what a resolver needs to chase the CNAME.
+    m.metadata.recursion_desired = true;
     m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
     m.set_edns(Edns::new());
     m.to_vec().expect("encodes")
@@ -170,6 +173,90 @@ async fn answers_published_values_and_nothing_else() {
     assert_eq!(
         txts(&udp(addr, &fq, RecordType::TXT).await),
         vec!["wildcard-value"]
+    );
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops in time")
+        .expect("task")
+        .expect("ran without error");
+}
+
+/// Starts the server over `store` on a free loopback port; stops when `stop` turns true.
+async fn start(
+    store: std::sync::Arc<dyn certplane_store::Store>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<Result<(), certplane_challenge_dns::DnsError>>,
+) {
+    let zone = Hostname::parse("acme.plat.test").expect("zone");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut stop = stop;
+        certplane_challenge_dns::run(
+            store,
+            &zone,
+            &["ns1.acme.plat.test".to_owned()],
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+            move |addr| {
+                let _ = ready_tx.send(addr);
+            },
+        )
+        .await
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .expect("ready in time")
+        .expect("started");
+    (addr, task)
+}
+
+/// What a CA's resolver does for DNS-01: `_acme-challenge.<host>` is a CNAME in the customer's
+/// zone (on pebble-challtestsrv) into the platform's challenge zone (this server); a real
+/// recursive resolver (unbound) chases it and gets every published value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursive_resolver_follows_the_delegation_into_the_challenge_zone() {
+    let db = TestDb::sqlite().await;
+    let store = db.store();
+    let target = "www.example.com.tok1.acme.plat.test";
+    store
+        .put_dns_challenge(target, "from-the-apex-order", i64::MAX / 2)
+        .await
+        .expect("put");
+    store
+        .put_dns_challenge(target, "from-the-wildcard-order", i64::MAX / 2)
+        .await
+        .expect("put");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (platform_dns, task) = start(store.clone(), stop_rx).await;
+    let customer_dns = ChallTestSrv::start();
+    customer_dns
+        .set_cname("_acme-challenge.www.example.com", &format!("{target}."))
+        .await;
+    let resolver = Unbound::start(&[
+        ("example.com", customer_dns.dns),
+        ("acme.plat.test", platform_dns),
+    ]);
+    let m = udp(
+        resolver.dns,
+        "_acme-challenge.www.example.com.",
+        RecordType::TXT,
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+    assert!(
+        m.answers
+            .iter()
+            .any(|r| r.record_type() == RecordType::CNAME),
+        "{m:?}"
+    );
+    assert_eq!(
+        txts(&m),
+        vec!["from-the-apex-order", "from-the-wildcard-order"]
     );
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(10), task)

@@ -213,6 +213,67 @@ impl Drop for Nsd {
     }
 }
 
+/// Debian's `unbound` as a recursive resolver in front of test DNS servers: one stub zone per
+/// `(zone, server)`, no caching, so a CNAME in one zone is chased into another (the way a CA's
+/// resolver follows `_acme-challenge` delegations into the platform's challenge zone).
+#[derive(Debug)]
+pub struct Unbound {
+    child: Child,
+    pub dns: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Unbound {
+    pub fn start(stubs: &[(&str, SocketAddr)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let d = dir.path().display();
+        let mut conf = format!(
+            "server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"{d}/unbound.log\"\n  do-not-query-localhost: no\n  module-config: \"iterator\"\n  access-control: 127.0.0.0/8 allow\n  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n  qname-minimisation: no\n  do-ip6: no\n  remote-control:\n"
+        );
+        // `remote-control:` above is a clause of its own in unbound.conf; keep it off.
+        conf = conf.replace(
+            "  remote-control:\n",
+            "remote-control:\n  control-enable: no\n",
+        );
+        for (zone, server) in stubs {
+            conf.push_str(&format!(
+                "stub-zone:\n  name: \"{zone}\"\n  stub-addr: {}@{}\n",
+                server.ip(),
+                server.port()
+            ));
+        }
+        let conf_path = dir.path().join("unbound.conf");
+        std::fs::write(&conf_path, conf).expect("unbound.conf");
+        let unbound = ["/usr/sbin/unbound", "unbound"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("unbound");
+        let mut child = Command::new(unbound)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unbound runs (Debian package `unbound`; the test command installs it)");
+        let dns = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_tcp(dns, &mut child, "unbound");
+        Self {
+            child,
+            dns,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A UDP socket that receives queries and never answers: a DNS server that times out.
 #[derive(Debug)]
 pub struct SilentDns {
