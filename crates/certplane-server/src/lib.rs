@@ -181,7 +181,7 @@ pub async fn rotate_keys(config: &Config) -> Result<(String, usize), ServerError
 /// Entries of the propagation log kept; an edge further behind than this takes a snapshot.
 pub const LOG_KEEP: u64 = 100_000;
 
-/// Trims the propagation log every minute.
+/// Trims the propagation log and removes expired challenge answers, every minute.
 async fn compact_log(store: Arc<dyn Store>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -192,6 +192,15 @@ async fn compact_log(store: Arc<dyn Store>, mut stop: tokio::sync::watch::Receiv
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "propagation log compacted"),
             Err(e) => tracing::warn!(error = %e, "cannot compact the propagation log"),
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        match store.purge_expired_challenges(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired challenge answers removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove expired challenge answers"),
         }
     }
 }

@@ -247,6 +247,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::changes_since`], so a compaction in between cannot go unnoticed.
     async fn compacted_through(&self) -> Result<i64, StoreError>;
 
+    /// Removes every edge challenge and DNS-01 value that expired before `now` (edge challenges
+    /// with a revision, so edges stop answering them). Returns how many went.
+    async fn purge_expired_challenges(&self, now: i64) -> Result<u64, StoreError>;
+
     /// Publishes a DNS-01 TXT value at `name` (lowercase, no trailing dot) in the platform's
     /// challenge zone until `expires_at` (unix seconds). Values add up: several orders can
     /// validate at one name at once.

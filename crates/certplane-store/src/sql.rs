@@ -1471,6 +1471,30 @@ impl Store for SqlStore {
         Ok(true)
     }
 
+    async fn purge_expired_challenges(&self, now: i64) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT hostname FROM challenges WHERE expires_at <= $1 ORDER BY hostname",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let edge = sqlx::query("DELETE FROM challenges WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let dns = sqlx::query("DELETE FROM dns_challenges WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        bump(&mut tx, self.backend, &names).await?;
+        tx.commit().await?;
+        Ok(edge + dns)
+    }
+
     async fn edge_host(&self, hostname: &Hostname) -> Result<Option<EdgeHostRecord>, StoreError> {
         let mut tx = self.read_snapshot().await?;
         let mut records = edge_records(&mut tx, &[hostname.as_str().to_owned()]).await?;

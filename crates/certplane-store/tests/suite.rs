@@ -61,6 +61,7 @@ suite!(
     revisions_per_hostname_and_compaction,
     the_log_keeps_one_identity,
     dns_challenge_values_add_up_and_expire,
+    expired_challenges_are_purged_and_logged,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -1732,5 +1733,51 @@ async fn dns_challenge_values_add_up_and_expire(db: &TestDb) {
             .expect("list")
             .iter()
             .all(|(_, v)| v != "apex-value")
+    );
+}
+
+async fn expired_challenges_are_purged_and_logged(db: &TestDb) {
+    let store = db.store();
+    let old = host("old.purge.example");
+    let live = host("live.purge.example");
+    for (name, expires_at) in [(&old, 100), (&live, 10_000)] {
+        store
+            .put_challenge(&ChallengeRecord {
+                hostname: name.clone(),
+                kind: ChallengeKind::Http01,
+                token: "t".into(),
+                key_authorization: "t.k".into(),
+                expires_at,
+            })
+            .await
+            .expect("put");
+    }
+    store
+        .put_dns_challenge("old.tok.acme.plat.test", "v", 100)
+        .await
+        .expect("put");
+    let before = store.latest_revision().await.expect("revision");
+    let live_before = store.hostname_revision(&live).await.expect("revision");
+    assert_eq!(
+        store.purge_expired_challenges(500).await.expect("purged"),
+        2
+    );
+    assert!(
+        store.edge_host(&old).await.expect("read").is_none(),
+        "edges drop it"
+    );
+    assert!(store.edge_host(&live).await.expect("read").is_some());
+    assert!(
+        store.hostname_revision(&old).await.expect("revision") > before,
+        "logged"
+    );
+    assert_eq!(
+        store.hostname_revision(&live).await.expect("revision"),
+        live_before,
+        "a live challenge's name is not logged again"
+    );
+    assert_eq!(
+        store.purge_expired_challenges(500).await.expect("purged"),
+        0
     );
 }
