@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod pebble;
 pub mod pki;
 
 use std::sync::Arc;
