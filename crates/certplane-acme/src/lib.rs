@@ -1,0 +1,417 @@
+//! The platform's ACME account at the configured CA (groundwork for issuance), on
+//! [instant-acme](https://docs.rs/instant-acme/0.8) 0.8.
+//!
+//! [`Accounts::open`] gives the account for [`AcmeClientConfig::directory_url`]: restored from
+//! stored credentials when the caller has them, otherwise created at the CA, in which case the
+//! new credentials come back for the caller to store.
+//!
+//! # Credentials are secret
+//!
+//! The credentials JSON holds the account's private key. This crate never logs it and never puts
+//! it (or any part of the stored JSON) in an error message or `Debug` output. The caller must
+//! seal it (certplane-secrets' `MasterKeys`) before storing it, and unseal it only to pass it
+//! back to [`Accounts::open`].
+//!
+//! # HTTP client
+//!
+//! Requests go through a hyper client of this crate's own: TCP_NODELAY on (instant-acme's
+//! default client leaves Nagle's algorithm on, five times slower against Pebble), a connect
+//! timeout, a timeout on every request, HTTPS only, and the Mozilla roots (`webpki-roots`) plus
+//! the optional extra root [`AcmeClientConfig::ca_root_pem`].
+
+#![forbid(unsafe_code)]
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{
+    Account, AccountCredentials, BodyWrapper, BytesResponse, HttpClient, NewAccount, Problem,
+};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+/// How long a TCP connection to the CA may take to establish.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one request to the CA may take until its response headers arrive.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how to reach the ACME CA (from the `[acme]` configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeClientConfig {
+    /// The CA's ACME directory, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory_url: String,
+    /// An extra root certificate (PEM) to trust for the CA's HTTPS server, besides the Mozilla
+    /// roots (the contents of `acme.ca_root_file`); e.g. the test CA in front of Pebble.
+    pub ca_root_pem: Option<String>,
+    /// Contact URIs registered with a new account (`mailto:…`).
+    pub contact: Vec<String>,
+}
+
+/// The platform's ACME accounts: one account per directory URL.
+///
+/// The caller keeps one sealed credentials blob per directory URL and hands it back to
+/// [`Accounts::open`]; credentials for another directory are refused.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Accounts;
+
+impl Accounts {
+    /// The account for the configured directory: restored from `stored` credentials JSON when
+    /// given, else created at the CA (agreeing to its terms of service).
+    ///
+    /// Returns the account and, when it was just created, its credentials JSON, which the caller
+    /// must seal (certplane-secrets `MasterKeys`) and store: it contains the account's private
+    /// key. A restored account returns `None` (nothing new to store).
+    ///
+    /// Restoring fetches the CA's directory (so the CA must be reachable) but does not ask the
+    /// CA whether the account still exists: that shows at the first signed request.
+    pub async fn open(
+        config: &AcmeClientConfig,
+        stored: Option<&str>,
+    ) -> Result<(Account, Option<String>), AcmeError> {
+        let http = acme_http_client(config.ca_root_pem.as_deref())?;
+        let builder = Account::builder_with_http(Box::new(http));
+        let directory_url = config.directory_url.as_str();
+
+        if let Some(stored) = stored {
+            let credentials = parse_credentials(stored, directory_url)?;
+            let account = builder
+                .from_credentials(credentials)
+                .await
+                .map_err(|e| AcmeError::from_acme(directory_url, e))?;
+            return Ok((account, None));
+        }
+
+        let contact: Vec<&str> = config.contact.iter().map(String::as_str).collect();
+        let new_account = NewAccount {
+            contact: &contact,
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        };
+        let (account, credentials) = builder
+            .create(&new_account, config.directory_url.clone(), None)
+            .await
+            .map_err(|e| AcmeError::from_acme(directory_url, e))?;
+        // Serializing these credentials cannot fail (strings and base64); never echo them.
+        let json =
+            serde_json::to_string(&credentials).map_err(|_| AcmeError::StoredCredentials {
+                reason: "the new credentials could not be serialized",
+            })?;
+        Ok((account, Some(json)))
+    }
+}
+
+/// Parses stored credentials JSON without ever echoing its contents, and checks it belongs to
+/// `directory_url`.
+fn parse_credentials(stored: &str, directory_url: &str) -> Result<AccountCredentials, AcmeError> {
+    // serde_json's data errors quote the offending value (`invalid type: string "…"`), which
+    // may be key material: report only the category.
+    let value: serde_json::Value =
+        serde_json::from_str(stored).map_err(|_| AcmeError::StoredCredentials {
+            reason: "not valid JSON",
+        })?;
+    match value.get("directory").and_then(serde_json::Value::as_str) {
+        Some(stored_url) if stored_url == directory_url => {}
+        Some(stored_url) => {
+            return Err(AcmeError::DirectoryMismatch {
+                stored: stored_url.to_owned(),
+                configured: directory_url.to_owned(),
+            });
+        }
+        None => {
+            return Err(AcmeError::StoredCredentials {
+                reason: "no directory URL in the stored credentials",
+            });
+        }
+    }
+    serde_json::from_value(value).map_err(|_| AcmeError::StoredCredentials {
+        reason: "not instant-acme account credentials",
+    })
+}
+
+/// Why an ACME account could not be opened. Messages and `Debug` output never contain credential
+/// material: only URLs, the CA's problem documents and network or TLS failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcmeError {
+    /// The extra root certificate (`acme.ca_root_file`) is unusable.
+    #[error("acme.ca_root_file: {reason}")]
+    CaRoot {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The stored credentials cannot be used (their contents are never shown).
+    #[error("stored ACME account credentials: {reason}")]
+    StoredCredentials {
+        /// What is wrong with them.
+        reason: &'static str,
+    },
+    /// The stored credentials are for another ACME directory.
+    #[error(
+        "stored ACME account credentials are for directory {stored}, not the configured {configured}"
+    )]
+    DirectoryMismatch {
+        /// The stored credentials' directory URL.
+        stored: String,
+        /// The configured directory URL.
+        configured: String,
+    },
+    /// No connection to the CA (refused, unreachable, name not found, connect timeout).
+    #[error("cannot connect to the ACME CA at {url}: {reason}")]
+    Connect {
+        /// The configured directory URL.
+        url: String,
+        /// The network failure.
+        reason: String,
+    },
+    /// The TLS handshake with the CA failed, e.g. its certificate is not signed by a trusted
+    /// root (set `acme.ca_root_file` for a test CA).
+    #[error("TLS with the ACME CA at {url} failed: {reason}")]
+    Tls {
+        /// The configured directory URL.
+        url: String,
+        /// The TLS failure.
+        reason: String,
+    },
+    /// A request to the CA did not answer in time.
+    #[error("the ACME CA at {url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The configured directory URL.
+        url: String,
+        /// The time allowed.
+        timeout: Duration,
+    },
+    /// The CA refused the request with an ACME problem document.
+    #[error("the ACME CA at {url} refused: {problem}")]
+    Rejected {
+        /// The configured directory URL.
+        url: String,
+        /// The CA's problem document (`type`, `detail`, `status`).
+        problem: Problem,
+    },
+    /// Anything else the ACME exchange failed on (unexpected responses, malformed JSON, …).
+    #[error("ACME exchange with {url} failed: {source}")]
+    Protocol {
+        /// The configured directory URL.
+        url: String,
+        /// instant-acme's error.
+        #[source]
+        source: instant_acme::Error,
+    },
+}
+
+impl AcmeError {
+    /// Sorts an instant-acme error by cause; instant-acme wraps transport failures in
+    /// `Error::Other`.
+    fn from_acme(url: &str, error: instant_acme::Error) -> Self {
+        let url = url.to_owned();
+        match error {
+            instant_acme::Error::Api(problem) => Self::Rejected { url, problem },
+            instant_acme::Error::Other(other) => match transport_failure(other.as_ref()) {
+                Some(Transport::Tls(reason)) => Self::Tls { url, reason },
+                Some(Transport::Connect(reason)) => Self::Connect { url, reason },
+                Some(Transport::Timeout) => Self::Timeout {
+                    url,
+                    timeout: REQUEST_TIMEOUT,
+                },
+                None => Self::Protocol {
+                    url,
+                    source: instant_acme::Error::Other(other),
+                },
+            },
+            source => Self::Protocol { url, source },
+        }
+    }
+}
+
+enum Transport {
+    Tls(String),
+    Connect(String),
+    Timeout,
+}
+
+/// Looks through an error's causes for a timeout, TLS or connect failure.
+fn transport_failure(error: &(dyn StdError + 'static)) -> Option<Transport> {
+    let chain = causes(error);
+    if chain.iter().any(|e| e.is::<RequestTimeout>()) {
+        return Some(Transport::Timeout);
+    }
+    if let Some(tls) = chain.iter().find_map(|e| e.downcast_ref::<rustls::Error>()) {
+        return Some(Transport::Tls(tls.to_string()));
+    }
+    let connect = chain.iter().any(|e| {
+        e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+    });
+    // The innermost cause says what happened ("Connection refused (os error 111)").
+    connect.then(|| Transport::Connect(chain.last().unwrap_or(&error).to_string()))
+}
+
+/// An error and its causes, outermost first. `io::Error::source` skips the error an
+/// `io::Error` wraps (tokio-rustls wraps `rustls::Error` so), hence `get_ref` for those.
+fn causes<'e>(error: &'e (dyn StdError + 'static)) -> Vec<&'e (dyn StdError + 'static)> {
+    let mut chain = vec![error];
+    let mut current = error;
+    loop {
+        let next = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => current.source(),
+        };
+        match next {
+            Some(next) if chain.len() < 32 => {
+                chain.push(next);
+                current = next;
+            }
+            _ => return chain,
+        }
+    }
+}
+
+/// The HTTP client instant-acme talks to the CA with.
+fn acme_http_client(ca_root_pem: Option<&str>) -> Result<AcmeHttpClient, AcmeError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(pem) = ca_root_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| AcmeError::CaRoot {
+                reason: format!("invalid PEM: {e}"),
+            })?;
+            roots.add(cert).map_err(|e| AcmeError::CaRoot {
+                reason: format!("not a usable root certificate: {e}"),
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(AcmeError::CaRoot {
+                reason: "no PEM certificate in it".to_owned(),
+            });
+        }
+    }
+    // ring, like the rest of the workspace (no cmake/NASM for aws-lc-sys); rustls 0.23.48
+    // deprecates its provider only for lacking post-quantum key exchange.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AcmeError::CaRoot {
+            reason: format!("TLS configuration: {e}"),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    tcp.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Ok(AcmeHttpClient {
+        inner: HyperClient::builder(TokioExecutor::new()).build(https),
+    })
+}
+
+/// A hyper client (NODELAY, HTTPS only) with a timeout on every request.
+struct AcmeHttpClient {
+    inner: HyperClient<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
+}
+
+impl HttpClient for AcmeHttpClient {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let response = self.inner.request(req);
+        Box::pin(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, response).await {
+                Ok(Ok(response)) => Ok(BytesResponse::from(response)),
+                Ok(Err(e)) => Err(instant_acme::Error::Other(Box::new(e))),
+                Err(_) => Err(instant_acme::Error::Other(Box::new(RequestTimeout))),
+            }
+        })
+    }
+}
+
+/// A request to the CA took longer than [`REQUEST_TIMEOUT`].
+#[derive(Debug)]
+struct RequestTimeout;
+
+impl fmt::Display for RequestTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no response within {REQUEST_TIMEOUT:?}")
+    }
+}
+
+impl StdError for RequestTimeout {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIRECTORY: &str = "https://127.0.0.1:14000/dir";
+    const SECRET: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg";
+
+    fn assert_no_secret(error: &AcmeError) {
+        assert!(!error.to_string().contains(SECRET), "{error}");
+        assert!(!format!("{error:?}").contains(SECRET), "{error:?}");
+    }
+
+    #[test]
+    fn malformed_credentials_are_not_echoed() {
+        for stored in [
+            format!("{{\"key_pkcs8\":\"{SECRET}\""),
+            format!("{{\"id\":1,\"key_pkcs8\":\"{SECRET}\",\"directory\":\"{DIRECTORY}\"}}"),
+            format!("{{\"id\":\"x\",\"key_pkcs8\":[\"{SECRET}\"],\"directory\":\"{DIRECTORY}\"}}"),
+            format!("{{\"key_pkcs8\":\"{SECRET}\"}}"),
+        ] {
+            let Err(error) = parse_credentials(&stored, DIRECTORY) else {
+                panic!("{stored} parses");
+            };
+            assert!(
+                matches!(error, AcmeError::StoredCredentials { .. }),
+                "{error:?}"
+            );
+            assert_no_secret(&error);
+        }
+    }
+
+    #[test]
+    fn credentials_for_another_directory_are_refused() {
+        let stored = format!(
+            "{{\"id\":\"x\",\"key_pkcs8\":\"{SECRET}\",\"directory\":\"https://other.test/dir\"}}"
+        );
+        let Err(error) = parse_credentials(&stored, DIRECTORY) else {
+            panic!("credentials for another directory accepted");
+        };
+        assert!(
+            matches!(error, AcmeError::DirectoryMismatch { .. }),
+            "{error:?}"
+        );
+        assert_no_secret(&error);
+    }
+
+    #[test]
+    fn a_bad_extra_root_is_reported() {
+        for pem in ["", "not a certificate"] {
+            let Err(error) = acme_http_client(Some(pem)) else {
+                panic!("{pem:?} accepted as a root");
+            };
+            assert!(matches!(error, AcmeError::CaRoot { .. }), "{error:?}");
+        }
+    }
+}

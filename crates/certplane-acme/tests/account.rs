@@ -1,0 +1,129 @@
+//! ACME accounts against a real Pebble (Debian package `pebble` 2.4.0).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use certplane_acme::{Accounts, AcmeClientConfig, AcmeError};
+use certplane_test_support::dns::free_port;
+use certplane_test_support::pebble::{Pebble, PebbleOptions};
+use instant_acme::{Identifier, NewOrder, OrderStatus};
+
+/// Every step gets a timeout (Pebble can stall).
+const STEP: Duration = Duration::from_secs(30);
+
+fn start_pebble() -> Pebble {
+    // Nothing answers DNS on port 9: these tests make no validations.
+    let dns: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    Pebble::start(PebbleOptions::new(dns, free_port(), free_port()))
+}
+
+fn config(pebble: &Pebble) -> AcmeClientConfig {
+    AcmeClientConfig {
+        directory_url: pebble.directory_url(),
+        ca_root_pem: Some(pebble.ca_pem()),
+        contact: vec!["mailto:ops@example.test".to_owned()],
+    }
+}
+
+async fn open(
+    config: &AcmeClientConfig,
+    stored: Option<&str>,
+) -> Result<(instant_acme::Account, Option<String>), AcmeError> {
+    tokio::time::timeout(STEP, Accounts::open(config, stored))
+        .await
+        .expect("Accounts::open finishes in time")
+}
+
+#[tokio::test]
+async fn creates_then_restores_an_account() {
+    let pebble = start_pebble();
+    let config = config(&pebble);
+
+    let (created, credentials) = open(&config, None).await.expect("account created");
+    let credentials = credentials.expect("a new account returns credentials to store");
+    let json: serde_json::Value = serde_json::from_str(&credentials).expect("credentials JSON");
+    assert_eq!(json["directory"], pebble.directory_url().as_str());
+    assert_eq!(json["id"], created.id());
+    assert!(
+        created.id().starts_with("https://127.0.0.1:"),
+        "{}",
+        created.id()
+    );
+
+    let (restored, again) = open(&config, Some(&credentials))
+        .await
+        .expect("account restored");
+    assert!(
+        again.is_none(),
+        "a restored account has nothing new to store"
+    );
+    assert_eq!(restored.id(), created.id());
+    assert_eq!(restored.key_thumbprint(), created.key_thumbprint());
+
+    // The restored account signs requests the CA accepts.
+    let identifiers = [Identifier::Dns("a.example.test".into())];
+    let mut order = tokio::time::timeout(STEP, restored.new_order(&NewOrder::new(&identifiers)))
+        .await
+        .expect("new order finishes in time")
+        .expect("order created with the restored account");
+    assert_eq!(order.state().status, OrderStatus::Pending);
+    assert_eq!(order.state().authorizations.len(), 1);
+
+    // A second creation makes a second, different account.
+    let (other, other_credentials) = open(&config, None).await.expect("second account");
+    assert!(other_credentials.is_some());
+    assert_ne!(other.id(), created.id());
+}
+
+#[tokio::test]
+async fn stored_credentials_for_another_directory_are_refused() {
+    let pebble = start_pebble();
+    let config = config(&pebble);
+    let (_, credentials) = open(&config, None).await.expect("account created");
+    let credentials = credentials.expect("credentials");
+
+    let other = AcmeClientConfig {
+        directory_url: format!("{}/elsewhere", pebble.directory_url()),
+        ..config
+    };
+    let error = open(&other, Some(&credentials))
+        .await
+        .err()
+        .expect("credentials of another directory refused");
+    assert!(
+        matches!(error, AcmeError::DirectoryMismatch { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_listening_is_a_connect_error() {
+    let pebble = start_pebble();
+    let port = free_port();
+    let config = AcmeClientConfig {
+        directory_url: format!("https://127.0.0.1:{port}/dir"),
+        ca_root_pem: Some(pebble.ca_pem()),
+        contact: Vec::new(),
+    };
+    let error = open(&config, None).await.err().expect("no CA at that port");
+    assert!(matches!(error, AcmeError::Connect { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains(&config.directory_url), "{message}");
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+}
+
+#[tokio::test]
+async fn an_untrusted_ca_is_a_tls_error() {
+    let pebble = start_pebble();
+    let config = AcmeClientConfig {
+        ca_root_pem: None,
+        ..config(&pebble)
+    };
+    let error = open(&config, None)
+        .await
+        .err()
+        .expect("Pebble's test CA is not trusted");
+    assert!(matches!(error, AcmeError::Tls { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("UnknownIssuer"), "{message}");
+}
