@@ -299,6 +299,64 @@ pub async fn challenge_dns(
     .map_err(|e| ServerError::Dns(e.to_string()))
 }
 
+/// The platform's ACME account at the configured directory: restored from the store (its
+/// credentials sealed under the master keys, the directory URL as associated data), or created
+/// at the CA and stored sealed. When two control planes create one at the same moment, the
+/// first stored is the account both use.
+pub async fn acme_account(
+    store: &dyn Store,
+    keys: &MasterKeys,
+    acme: &certplane_acme::AcmeClientConfig,
+) -> Result<instant_acme::Account, ServerError> {
+    let aad = acme.directory_url.as_bytes();
+    let restore = |record: certplane_store::AcmeAccountRecord| {
+        keys.open(
+            &certplane_secrets::Sealed {
+                key_id: record.key_id,
+                blob: record.credentials_sealed,
+            },
+            aad,
+        )
+    };
+    if let Some(record) = store.acme_account(&acme.directory_url).await? {
+        let credentials = restore(record)?;
+        let text = std::str::from_utf8(&credentials)
+            .map_err(|_| ServerError::Acme("the stored ACME credentials are not UTF-8".into()))?;
+        let (account, _) = certplane_acme::Accounts::open(acme, Some(text))
+            .await
+            .map_err(|e| ServerError::Acme(e.to_string()))?;
+        return Ok(account);
+    }
+    let (account, created) = certplane_acme::Accounts::open(acme, None)
+        .await
+        .map_err(|e| ServerError::Acme(e.to_string()))?;
+    let Some(credentials) = created else {
+        return Ok(account);
+    };
+    let credentials = zeroize::Zeroizing::new(credentials);
+    let sealed = keys.seal(credentials.as_bytes(), aad)?;
+    let stored = store
+        .store_acme_account(&certplane_store::AcmeAccountRecord {
+            directory_url: acme.directory_url.clone(),
+            account_url: account.id().to_owned(),
+            key_id: sealed.key_id,
+            credentials_sealed: sealed.blob,
+        })
+        .await?;
+    if stored.account_url == account.id() {
+        tracing::info!(directory = %acme.directory_url, account = %stored.account_url, "ACME account created");
+        return Ok(account);
+    }
+    // Another control plane stored its account first: use that one.
+    let credentials = restore(stored)?;
+    let text = std::str::from_utf8(&credentials)
+        .map_err(|_| ServerError::Acme("the stored ACME credentials are not UTF-8".into()))?;
+    let (account, _) = certplane_acme::Accounts::open(acme, Some(text))
+        .await
+        .map_err(|e| ServerError::Acme(e.to_string()))?;
+    Ok(account)
+}
+
 /// `certplane dns`: the challenge-zone DNS server alone, over the configured database, until
 /// `shutdown` completes.
 pub async fn serve_dns(
@@ -399,4 +457,6 @@ pub enum ServerError {
     Io(std::io::Error),
     #[error("challenge DNS server: {0}")]
     Dns(String),
+    #[error("ACME: {0}")]
+    Acme(String),
 }

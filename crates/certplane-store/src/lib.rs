@@ -23,9 +23,9 @@ use certplane_domain::{
 };
 
 pub use records::{
-    App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord, CheckUpdate,
-    EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord, NewCertificate, Org, OrgId, Page,
-    Principal, TokenKind, sealing_context,
+    AcmeAccountRecord, App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord,
+    CheckUpdate, EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord, NewCertificate, Org, OrgId,
+    Page, Principal, TokenKind, sealing_context,
 };
 pub use sql::{Backend as SqlBackend, SqlStore};
 
@@ -246,6 +246,19 @@ pub trait Store: Send + Sync + 'static {
     /// older revision may have missed changes and needs a fresh snapshot; it reads this after
     /// [`Store::changes_since`], so a compaction in between cannot go unnoticed.
     async fn compacted_through(&self) -> Result<i64, StoreError>;
+
+    /// The platform's ACME account at `directory_url`, if one was stored.
+    async fn acme_account(
+        &self,
+        directory_url: &str,
+    ) -> Result<Option<AcmeAccountRecord>, StoreError>;
+
+    /// Stores the account for its directory unless one is stored already (two control planes
+    /// creating it at once: the first stored wins, and is returned either way).
+    async fn store_acme_account(
+        &self,
+        account: &AcmeAccountRecord,
+    ) -> Result<AcmeAccountRecord, StoreError>;
 
     /// Removes every edge challenge and DNS-01 value that expired before `now` (edge challenges
     /// with a revision, so edges stop answering them). Returns how many went.

@@ -268,3 +268,23 @@ pub struct EdgeHostRecord {
     pub certificates: Vec<CertificateRecord>,
     pub challenges: Vec<ChallengeRecord>,
 }
+
+/// The platform's ACME account at one directory, credentials sealed. `Debug` leaves them out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AcmeAccountRecord {
+    pub directory_url: String,
+    /// The account's URL at the CA (not secret).
+    pub account_url: String,
+    /// The master key that sealed `credentials_sealed`.
+    pub key_id: String,
+    pub credentials_sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for AcmeAccountRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeAccountRecord")
+            .field("directory_url", &self.directory_url)
+            .field("account_url", &self.account_url)
+            .finish_non_exhaustive()
+    }
+}

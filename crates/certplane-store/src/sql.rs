@@ -22,9 +22,9 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 
 use crate::{
-    App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord, CheckUpdate,
-    DeleteOutcome, EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord, NewCertificate, Org, OrgId,
-    Page, Principal, Store, StoreError, TokenKind,
+    AcmeAccountRecord, App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord,
+    CheckUpdate, DeleteOutcome, EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord,
+    NewCertificate, Org, OrgId, Page, Principal, Store, StoreError, TokenKind,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1469,6 +1469,48 @@ impl Store for SqlStore {
         bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn acme_account(
+        &self,
+        directory_url: &str,
+    ) -> Result<Option<AcmeAccountRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT directory_url, account_url, key_id, credentials_sealed FROM acme_accounts \
+             WHERE directory_url = $1",
+        )
+        .bind(directory_url)
+        .fetch_optional(&self.writer)
+        .await?;
+        row.map(|row| {
+            Ok(AcmeAccountRecord {
+                directory_url: row.try_get("directory_url")?,
+                account_url: row.try_get("account_url")?,
+                key_id: row.try_get("key_id")?,
+                credentials_sealed: row.try_get("credentials_sealed")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn store_acme_account(
+        &self,
+        account: &AcmeAccountRecord,
+    ) -> Result<AcmeAccountRecord, StoreError> {
+        sqlx::query(
+            "INSERT INTO acme_accounts (directory_url, account_url, key_id, credentials_sealed, \
+             created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (directory_url) DO NOTHING",
+        )
+        .bind(&account.directory_url)
+        .bind(&account.account_url)
+        .bind(&account.key_id)
+        .bind(&account.credentials_sealed)
+        .bind(now())
+        .execute(&self.writer)
+        .await?;
+        self.acme_account(&account.directory_url)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the stored ACME account vanished".into()))
     }
 
     async fn purge_expired_challenges(&self, now: i64) -> Result<u64, StoreError> {

@@ -62,6 +62,7 @@ suite!(
     the_log_keeps_one_identity,
     dns_challenge_values_add_up_and_expire,
     expired_challenges_are_purged_and_logged,
+    one_acme_account_per_directory,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -1779,5 +1780,47 @@ async fn expired_challenges_are_purged_and_logged(db: &TestDb) {
     assert_eq!(
         store.purge_expired_challenges(500).await.expect("purged"),
         0
+    );
+}
+
+async fn one_acme_account_per_directory(db: &TestDb) {
+    let store = db.store();
+    let dir = "https://ca.example/dir";
+    assert!(store.acme_account(dir).await.expect("read").is_none());
+    let first = certplane_store::AcmeAccountRecord {
+        directory_url: dir.into(),
+        account_url: "https://ca.example/acct/1".into(),
+        key_id: "k1".into(),
+        credentials_sealed: vec![1, 2, 3],
+    };
+    assert_eq!(
+        store.store_acme_account(&first).await.expect("stored"),
+        first
+    );
+    // A second control plane that created one at the same moment gets the first back.
+    let second = certplane_store::AcmeAccountRecord {
+        account_url: "https://ca.example/acct/2".into(),
+        credentials_sealed: vec![9],
+        ..first.clone()
+    };
+    assert_eq!(
+        store.store_acme_account(&second).await.expect("stored"),
+        first
+    );
+    assert_eq!(
+        store.acme_account(dir).await.expect("read"),
+        Some(first.clone())
+    );
+    assert!(
+        !format!("{first:?}").contains("[1, 2, 3]"),
+        "Debug leaves the credentials out"
+    );
+    // Another directory is another account.
+    assert!(
+        store
+            .acme_account("https://other.example/dir")
+            .await
+            .expect("read")
+            .is_none()
     );
 }

@@ -1,0 +1,10 @@
+-- The platform's ACME account per directory URL. The credentials (they hold the account's
+-- private key) are sealed under a master key like certificate keys; the directory URL is the
+-- associated data, so sealed credentials moved to another directory's row do not open.
+CREATE TABLE acme_accounts (
+    directory_url TEXT PRIMARY KEY,
+    account_url TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    credentials_sealed BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
