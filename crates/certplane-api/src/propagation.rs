@@ -126,6 +126,9 @@ pub struct Propagation {
     edges: Mutex<HashMap<String, Known>>,
     acked: watch::Sender<u64>,
     stopping: watch::Sender<bool>,
+    /// The store's edge rows, read at most every [`POLL`]: what other control planes heard
+    /// changes no faster than that matters, and the certificate detail asks on every GET.
+    stored: Mutex<Option<(tokio::time::Instant, Vec<certplane_store::EdgeRecord>)>>,
 }
 
 impl std::fmt::Debug for Propagation {
@@ -141,6 +144,7 @@ impl Propagation {
         let (stopping, _) = watch::channel(false);
         Arc::new(Self {
             stopping,
+            stored: Mutex::new(None),
             store,
             keys,
             feed,
@@ -368,9 +372,20 @@ impl Propagation {
         }
     }
 
+    async fn stored_edges(&self) -> Result<Vec<certplane_store::EdgeRecord>, StoreError> {
+        if let Some((at, edges)) = &*lock(&self.stored)
+            && at.elapsed() < POLL
+        {
+            return Ok(edges.clone());
+        }
+        let edges = self.store.edges().await?;
+        *lock(&self.stored) = Some((tokio::time::Instant::now(), edges.clone()));
+        Ok(edges)
+    }
+
     /// Every edge known here or to the store.
     pub async fn edges(&self) -> Result<Vec<EdgeView>, StoreError> {
-        let stored = self.store.edges().await?;
+        let stored = self.stored_edges().await?;
         let now = unix_ms();
         let local = lock(&self.edges);
         let mut views: HashMap<String, EdgeView> = stored

@@ -86,29 +86,8 @@ async fn answers_published_values_and_nothing_else() {
         .put_dns_challenge("expired.tok1.acme.plat.test", "gone", 1)
         .await
         .expect("put");
-    let zone = Hostname::parse("acme.plat.test").expect("zone");
-    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server_store = store.clone();
-    let task = tokio::spawn(async move {
-        certplane_challenge_dns::run(
-            server_store,
-            &zone,
-            &[],
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            },
-            move |addr| {
-                let _ = ready_tx.send(addr);
-            },
-        )
-        .await
-    });
-    let addr = tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .expect("ready in time")
-        .expect("started");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (addr, task) = start(store.clone(), stop_rx).await;
     let fq = format!("{target}.");
     for over_tcp in [false, true] {
         let ask = |name: String, t: RecordType| async move {
@@ -197,7 +176,8 @@ async fn start(
         certplane_challenge_dns::run(
             store,
             &zone,
-            &["ns1.acme.plat.test".to_owned()],
+            // No name servers configured: the default, ns1.<zone>.
+            &[],
             SocketAddr::from(([127, 0, 0, 1], 0)),
             async move {
                 let _ = stop.wait_for(|s| *s).await;

@@ -309,23 +309,8 @@ pub async fn acme_account(
     acme: &certplane_acme::AcmeClientConfig,
 ) -> Result<instant_acme::Account, ServerError> {
     let aad = acme.directory_url.as_bytes();
-    let restore = |record: certplane_store::AcmeAccountRecord| {
-        keys.open(
-            &certplane_secrets::Sealed {
-                key_id: record.key_id,
-                blob: record.credentials_sealed,
-            },
-            aad,
-        )
-    };
     if let Some(record) = store.acme_account(&acme.directory_url).await? {
-        let credentials = restore(record)?;
-        let text = std::str::from_utf8(&credentials)
-            .map_err(|_| ServerError::Acme("the stored ACME credentials are not UTF-8".into()))?;
-        let (account, _) = certplane_acme::Accounts::open(acme, Some(text))
-            .await
-            .map_err(|e| ServerError::Acme(e.to_string()))?;
-        return Ok(account);
+        return restore_acme_account(keys, acme, record).await;
     }
     let (account, created) = certplane_acme::Accounts::open(acme, None)
         .await
@@ -348,7 +333,22 @@ pub async fn acme_account(
         return Ok(account);
     }
     // Another control plane stored its account first: use that one.
-    let credentials = restore(stored)?;
+    restore_acme_account(keys, acme, stored).await
+}
+
+/// Opens stored credentials (sealed with the directory URL as associated data) at the CA.
+async fn restore_acme_account(
+    keys: &MasterKeys,
+    acme: &certplane_acme::AcmeClientConfig,
+    record: certplane_store::AcmeAccountRecord,
+) -> Result<instant_acme::Account, ServerError> {
+    let credentials = keys.open(
+        &certplane_secrets::Sealed {
+            key_id: record.key_id,
+            blob: record.credentials_sealed,
+        },
+        acme.directory_url.as_bytes(),
+    )?;
     let text = std::str::from_utf8(&credentials)
         .map_err(|_| ServerError::Acme("the stored ACME credentials are not UTF-8".into()))?;
     let (account, _) = certplane_acme::Accounts::open(acme, Some(text))

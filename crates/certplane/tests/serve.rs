@@ -37,19 +37,7 @@ impl Serve {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("certplane serve starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-                panic!("serve exited early with {status}: {err}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "serve did not listen on {addr} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(addr, 20, &mut child);
         Self { child, addr }
     }
 
@@ -98,13 +86,7 @@ fn cli(serve: &Serve, token: &str, args: &[&str]) -> Output {
 }
 
 fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("UTF-8")
+    String::from_utf8(ok_bytes(output)).expect("UTF-8")
 }
 
 fn admin_token(dir: &Path) -> String {
