@@ -698,15 +698,23 @@ fn txt_question(name: &str) -> Vec<u8> {
     q
 }
 
-/// Asks `addr` over UDP; (rcode, authoritative, answer count, raw answer).
+/// Asks `addr` over UDP; (rcode, authoritative, answer count, raw answer). The server may
+/// still be binding (it starts after the API is ready, and a datagram sent before is lost),
+/// so a question without an answer is asked again for up to 10 s.
 fn ask_txt(addr: SocketAddr, name: &str) -> (u8, bool, u16, Vec<u8>) {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket
-        .set_read_timeout(Some(Duration::from_secs(2)))
+        .set_read_timeout(Some(Duration::from_millis(300)))
         .expect("timeout");
-    socket.send_to(&txt_question(name), addr).expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
     let mut buf = [0u8; 2048];
-    let len = socket.recv(&mut buf).expect("an answer");
+    let len = loop {
+        socket.send_to(&txt_question(name), addr).expect("send");
+        match socket.recv(&mut buf) {
+            Ok(len) => break len,
+            Err(e) => assert!(Instant::now() < deadline, "no answer from {addr}: {e}"),
+        }
+    };
     let answer = buf[..len].to_vec();
     let count = u16::from_be_bytes([answer[6], answer[7]]);
     (answer[3] & 0x0f, answer[2] & 0x04 != 0, count, answer)
