@@ -21,6 +21,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod issuer;
+pub mod policy;
+
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
@@ -55,6 +58,9 @@ pub struct AcmeClientConfig {
     pub ca_root_pem: Option<String>,
     /// Contact URIs registered with a new account (`mailto:…`).
     pub contact: Vec<String>,
+    /// External account binding (RFC 8555 §7.3.4) for CAs that require it: the key id and the
+    /// base64url HMAC key the CA gave. Used only when the account is created.
+    pub eab: Option<(String, String)>,
 }
 
 /// The platform's ACME accounts: one account per directory URL.
@@ -98,8 +104,20 @@ impl Accounts {
             terms_of_service_agreed: true,
             only_return_existing: false,
         };
+        let eab = match &config.eab {
+            Some((kid, hmac)) => {
+                use base64::Engine as _;
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(hmac.trim().trim_end_matches('='))
+                    .map_err(|_| AcmeError::Eab {
+                        reason: "acme.eab_hmac_key is not base64url",
+                    })?;
+                Some(instant_acme::ExternalAccountKey::new(kid.clone(), &key))
+            }
+            None => None,
+        };
         let (account, credentials) = builder
-            .create(&new_account, config.directory_url.clone(), None)
+            .create(&new_account, config.directory_url.clone(), eab.as_ref())
             .await
             .map_err(|e| AcmeError::from_acme(directory_url, e))?;
         // Serializing these credentials cannot fail (strings and base64); never echo them.
@@ -150,6 +168,12 @@ pub enum AcmeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The external account binding configured is unusable (its key is never shown).
+    #[error("external account binding: {reason}")]
+    Eab {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The stored credentials cannot be used (their contents are never shown).
     #[error("stored ACME account credentials: {reason}")]
     StoredCredentials {
@@ -199,6 +223,12 @@ pub enum AcmeError {
         /// The CA's problem document (`type`, `detail`, `status`).
         problem: Problem,
     },
+    /// The CA's list of the account's orders could not be read.
+    #[error("the ACME CA's order list at {url} could not be read")]
+    Listing {
+        /// The list's URL.
+        url: String,
+    },
     /// Anything else the ACME exchange failed on (unexpected responses, malformed JSON, …).
     #[error("ACME exchange with {url} failed: {source}")]
     Protocol {
@@ -213,7 +243,7 @@ pub enum AcmeError {
 impl AcmeError {
     /// Sorts an instant-acme error by cause; instant-acme wraps transport failures in
     /// `Error::Other`.
-    fn from_acme(url: &str, error: instant_acme::Error) -> Self {
+    pub fn from_acme(url: &str, error: instant_acme::Error) -> Self {
         let url = url.to_owned();
         match error {
             instant_acme::Error::Api(problem) => Self::Rejected { url, problem },
@@ -336,15 +366,145 @@ impl HttpClient for AcmeHttpClient {
         &self,
         req: http::Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        // The exchange of the task making the request (instant-acme calls this synchronously
+        // from the caller's task), if it asked for one.
+        let exchange = EXCHANGE.try_with(Arc::clone).ok();
         let response = self.inner.request(req);
         Box::pin(async move {
-            match tokio::time::timeout(REQUEST_TIMEOUT, response).await {
-                Ok(Ok(response)) => Ok(BytesResponse::from(response)),
-                Ok(Err(e)) => Err(instant_acme::Error::Other(Box::new(e))),
-                Err(_) => Err(instant_acme::Error::Other(Box::new(RequestTimeout))),
+            let response = match tokio::time::timeout(REQUEST_TIMEOUT, response).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => return Err(instant_acme::Error::Other(Box::new(e))),
+                Err(_) => return Err(instant_acme::Error::Other(Box::new(RequestTimeout))),
+            };
+            let Some(exchange) = exchange else {
+                return Ok(BytesResponse::from(response));
+            };
+            let (parts, body) = response.into_parts();
+            if let Some(at) = retry_after(&parts.headers) {
+                lock(&exchange).retry_after = Some(at);
             }
+            if !lock(&exchange).capture_body {
+                return Ok(BytesResponse::from(http::Response::from_parts(parts, body)));
+            }
+            let bytes =
+                match tokio::time::timeout(REQUEST_TIMEOUT, http_body_util::BodyExt::collect(body))
+                    .await
+                {
+                    Ok(Ok(collected)) => collected.to_bytes(),
+                    Ok(Err(e)) => return Err(instant_acme::Error::Other(Box::new(e))),
+                    Err(_) => return Err(instant_acme::Error::Other(Box::new(RequestTimeout))),
+                };
+            let next = next_link(&parts.headers);
+            lock(&exchange).body = Some((bytes.clone(), next));
+            Ok(BytesResponse::from(http::Response::from_parts(
+                parts,
+                http_body_util::Full::new(bytes),
+            )))
         })
     }
+}
+
+tokio::task_local! {
+    /// What the CA's responses said beyond what instant-acme keeps: set by [`observe`].
+    static EXCHANGE: Arc<std::sync::Mutex<Exchange>>;
+}
+
+/// What [`observe`] saw of the CA's responses.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    /// The latest `Retry-After` (a rate-limit answer's end; instant-acme drops it).
+    pub retry_after: Option<std::time::SystemTime>,
+    capture_body: bool,
+    /// The last response body and its `Link: rel="next"`, when capturing.
+    body: Option<(Bytes, Option<String>)>,
+}
+
+/// Runs `f` (ACME calls on this crate's client) and returns what the CA's responses said
+/// besides: the `Retry-After` of a refusal.
+pub async fn observe<T>(f: impl Future<Output = T>) -> (T, Exchange) {
+    let exchange = Arc::new(std::sync::Mutex::new(Exchange::default()));
+    let out = EXCHANGE.scope(exchange.clone(), f).await;
+    let seen = std::mem::take(&mut *lock(&exchange));
+    (out, seen)
+}
+
+fn lock(m: &std::sync::Mutex<Exchange>) -> std::sync::MutexGuard<'_, Exchange> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn retry_after(headers: &http::HeaderMap) -> Option<std::time::SystemTime> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::SystemTime::now() + Duration::from_secs(secs));
+    }
+    httpdate::parse_http_date(value).ok()
+}
+
+fn next_link(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|l| l.contains("rel=\"next\""))
+        .and_then(|l| {
+            let start = l.find('<')? + 1;
+            let end = l.find('>')?;
+            (start < end).then(|| l[start..end].to_owned())
+        })
+}
+
+/// The URLs of the account's orders at the CA (RFC 8555 §7.1.2.1), all pages, or `None` when
+/// the CA does not list them. instant-acme has no call for this, so it is fetched with its
+/// signed POST-as-GET (`Account::order`) and the body read from this crate's client; the
+/// account object's `orders` URL comes the same way. At most `max_pages` pages are read.
+pub async fn account_orders(
+    account: &Account,
+    max_pages: usize,
+) -> Result<Option<Vec<String>>, AcmeError> {
+    async fn fetch(account: &Account, url: &str) -> Option<(serde_json::Value, Option<String>)> {
+        let (_, mut seen) = observe(async {
+            lock(&EXCHANGE.with(Arc::clone)).capture_body = true;
+            // The answer is not an order, so instant-acme's parse fails; the body is captured.
+            let _ = account.order(url.to_owned()).await;
+        })
+        .await;
+        let (body, next) = seen.body.take()?;
+        Some((serde_json::from_slice(&body).ok()?, next))
+    }
+    let Some((account_object, _)) = fetch(account, account.id()).await else {
+        return Ok(None);
+    };
+    let Some(mut url) = account_object
+        .get("orders")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+    else {
+        return Ok(None);
+    };
+    let mut orders = Vec::new();
+    for _ in 0..max_pages {
+        let Some((page, next)) = fetch(account, &url).await else {
+            return Err(AcmeError::Listing { url });
+        };
+        orders.extend(
+            page.get("orders")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str)
+                .map(str::to_owned),
+        );
+        match next {
+            Some(n) if n != url => url = n,
+            _ => break,
+        }
+    }
+    Ok(Some(orders))
 }
 
 /// A request to the CA took longer than [`REQUEST_TIMEOUT`].

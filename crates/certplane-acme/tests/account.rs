@@ -22,6 +22,7 @@ fn config(pebble: &Pebble) -> AcmeClientConfig {
         directory_url: pebble.directory_url(),
         ca_root_pem: Some(pebble.ca_pem()),
         contact: vec!["mailto:ops@example.test".to_owned()],
+        eab: None,
     }
 }
 
@@ -104,6 +105,7 @@ async fn nothing_listening_is_a_connect_error() {
         directory_url: format!("https://127.0.0.1:{port}/dir"),
         ca_root_pem: Some(pebble.ca_pem()),
         contact: Vec::new(),
+        eab: None,
     };
     let error = open(&config, None).await.err().expect("no CA at that port");
     assert!(matches!(error, AcmeError::Connect { .. }), "{error:?}");
@@ -126,4 +128,30 @@ async fn an_untrusted_ca_is_a_tls_error() {
     assert!(matches!(error, AcmeError::Tls { .. }), "{error:?}");
     let message = error.to_string();
     assert!(message.contains("UnknownIssuer"), "{message}");
+}
+
+/// The account's order list (what recovers an order whose creation was cut short): every
+/// order created is listed, across Pebble's pages of three.
+#[tokio::test]
+async fn the_account_lists_its_orders_across_pages() {
+    let pebble = start_pebble();
+    let (account, _) = open(&config(&pebble), None).await.expect("account");
+    let mut created = Vec::new();
+    for i in 0..7 {
+        let ids = [Identifier::Dns(format!("o{i}.example.com"))];
+        let order = tokio::time::timeout(STEP, account.new_order(&NewOrder::new(&ids)))
+            .await
+            .expect("in time")
+            .expect("order");
+        created.push(order.url().to_owned());
+    }
+    let listed = tokio::time::timeout(STEP, certplane_acme::account_orders(&account, 50))
+        .await
+        .expect("in time")
+        .expect("listed")
+        .expect("Pebble lists orders");
+    for url in &created {
+        assert!(listed.contains(url), "{url} not in {listed:?}");
+    }
+    assert_eq!(listed.len(), created.len(), "{listed:?}");
 }

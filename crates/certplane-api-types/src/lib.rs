@@ -165,6 +165,16 @@ pub struct CertificateDetail {
     pub next_check_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The ACME CA (its directory URL) issuing this hostname's platform-managed certificates.
+    #[serde(default)]
+    pub certificate_authority: Option<String>,
+    /// The latest ACME order and where it stands.
+    #[serde(default)]
+    pub acme_order: Option<AcmeOrderProgress>,
+    /// When the platform works on issuance or renewal next (RFC 3339): after a back-off, at
+    /// the renewal time, or at the end of a rate limit.
+    #[serde(default)]
+    pub next_issuance_at: Option<String>,
     /// Whether the edges serve the hostname's newest state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagation: Option<PropagationStatus>,
@@ -230,6 +240,12 @@ pub struct IssuedKey {
     #[serde(rename = "type")]
     pub key_type: String,
     pub expires_at: String,
+    /// SHA-256 of this certificate (hex).
+    #[serde(default)]
+    pub fingerprint: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub not_before: String,
 }
 
 /// What the DNS checks found configured.
@@ -250,6 +266,36 @@ pub struct ValidationError {
     pub message: String,
     pub remediation: String,
     pub timestamp: String,
+    /// For an issuance attempt: the ACME challenge tried (`tls-alpn-01`, `http-01`, `dns-01`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
+    /// For an issuance attempt: the certificate's key type (`ecdsa`, `rsa`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
+    /// For an issuance attempt the CA refused: its RFC 7807 problem document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub problem: Option<serde_json::Value>,
+}
+
+/// The hostname's latest ACME order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AcmeOrderProgress {
+    /// `creating`, `pending` (challenges published and validating), `ready`, `processing`
+    /// (CSR sent), `done` (certificate stored; see `propagation` for the edges), `dead`.
+    pub state: String,
+    /// `ecdsa` or `rsa`.
+    pub key_type: String,
+    /// `tls-alpn-01`, `http-01` or `dns-01`.
+    pub challenge: String,
+    /// Whether it replaces a certificate the hostname has.
+    pub renewal: bool,
+    /// The order at the CA.
+    pub order_url: Option<String>,
+    /// Why it died, when it did.
+    pub problem: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 /// A hostname in a list.

@@ -51,6 +51,17 @@ pub struct ApiDeps {
     pub keys: Arc<MasterKeys>,
     /// The feed to edges and their registry (run its feed with [`Propagation::run_feed`]).
     pub propagation: Arc<Propagation>,
+    /// The ACME issuer, when this control plane runs one.
+    pub acme: Option<AcmeInfo>,
+}
+
+/// What the API knows of the ACME issuer.
+#[derive(Clone, Debug)]
+pub struct AcmeInfo {
+    /// The CA's directory URL, shown as `certificate_authority`.
+    pub certificate_authority: String,
+    /// Wakes the issuer when a hostname becomes due (a customer's check).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// What every handler shares.
@@ -61,6 +72,7 @@ pub struct ApiState {
     pub verifier: Arc<Verifier>,
     pub keys: Arc<MasterKeys>,
     pub propagation: Arc<Propagation>,
+    pub acme: Option<AcmeInfo>,
     openapi: Arc<String>,
 }
 
@@ -145,6 +157,7 @@ pub fn router(deps: ApiDeps) -> Router {
         verifier,
         keys,
         propagation,
+        acme,
     } = deps;
     let (router, doc) = api_routes().split_for_parts();
     let openapi = doc.to_pretty_json().unwrap_or_else(|e| {
@@ -157,6 +170,7 @@ pub fn router(deps: ApiDeps) -> Router {
         verifier,
         keys,
         propagation,
+        acme,
         openapi: Arc::new(openapi),
     };
     router

@@ -1,15 +1,17 @@
 //! Store records turned into wire types.
 
 use certplane_api_types::{
-    AppResponse, CertificateDetail, CertificateEntry, CertificateSummary, DnsRecordsFound,
-    IssuedKey, Validation, ValidationError, Warning,
+    AcmeOrderProgress, AppResponse, CertificateDetail, CertificateEntry, CertificateSummary,
+    DnsRecordsFound, IssuedKey, Validation, ValidationError, Warning,
 };
 use certplane_domain::{
     CertificateStatus, DnsRequirements, PlatformSettings, app_ownership_value, cname_target,
     org_ownership_value,
 };
 use certplane_ownership::{CheckReport, Proof};
-use certplane_store::{App, CertSource, CertificateRecord, HostnameRecord, NewCertificate, Org};
+use certplane_store::{
+    AcmeOrderRecord, App, CertSource, CertificateRecord, HostnameRecord, NewCertificate, Org,
+};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -48,10 +50,13 @@ fn status_detail(record: &HostnameRecord, report: Option<&CheckReport>) -> Strin
         (CertificateStatus::PendingOwnership, None) if record.hostname.is_wildcard() => "Waiting for the first DNS check, which runs within seconds of adding the hostname: a wildcard is proven only by the ownership TXT record of its base name (or the _acme-challenge delegation) from dns_requirements.".into(),
         (CertificateStatus::PendingOwnership, None) => "Waiting for the first DNS check, which runs within seconds of adding the hostname: set the AAAA record or the ownership TXT record from dns_requirements.".into(),
         (CertificateStatus::PendingOwnership, Some(_)) => "Ownership is not verified yet: no DNS record proves that this hostname belongs to the app. See validation_errors; the platform re-checks by itself with back-off, or run `certplane certs check`.".into(),
-        (CertificateStatus::PendingValidation, _) => "Ownership is verified. ACME issuance is not supported yet by this version of certplane, so no certificate is requested yet; an imported certificate would be served.".into(),
+        (CertificateStatus::PendingValidation, _) if record.acme_requested => "Ownership is verified: the platform requests the ACME certificates within seconds (see acme_order).".into(),
+        (CertificateStatus::PendingValidation, _) => "Ownership is verified. No ACME certificate was requested for this hostname: import one, or add the hostname with `certplane certs add` to have the platform issue it.".into(),
+        (CertificateStatus::Issuing, _) => "Ownership is verified and the platform is getting the certificates from the ACME CA (see acme_order).".into(),
+        (CertificateStatus::Failed, _) => "Issuance failed with every challenge the DNS records allow; the platform retries with back-off (next_issuance_at). See validation_errors for who must do what, then run `certplane certs check` to retry at once.".into(),
         (CertificateStatus::Active, _) => "A certificate is active: see `served` for which one the edges serve.".into(),
+        (CertificateStatus::Expired, _) if record.acme_requested => "Every certificate of this hostname has expired; the platform keeps trying to renew the ACME ones (see validation_errors).".into(),
         (CertificateStatus::Expired, _) => "Every certificate of this hostname has expired: import a renewed one.".into(),
-        (other, _) => format!("The hostname is {other}."),
     }
 }
 
@@ -221,6 +226,8 @@ fn certificate_entries(
                 .map(|c| IssuedKey {
                     key_type: c.cert.key_type.clone(),
                     expires_at: timestamp(c.cert.not_after),
+                    fingerprint: c.cert.fingerprint.clone(),
+                    not_before: timestamp(c.cert.not_before),
                 })
                 .collect(),
             warnings: entry_warnings,
@@ -259,6 +266,9 @@ pub fn detail(
                     message: f.message.clone(),
                     remediation: f.remediation.clone(),
                     timestamp: timestamp(r.checked_at),
+                    challenge: None,
+                    key_type: None,
+                    problem: None,
                 })
                 .collect()
         })
@@ -272,7 +282,10 @@ pub fn detail(
         acme_requested: record.acme_requested,
         is_wildcard: record.hostname.is_wildcard(),
         is_apex: record.hostname.is_apex(),
-        rate_limited_until: None,
+        rate_limited_until: record
+            .rate_limited_until
+            .filter(|u| *u > now)
+            .map(timestamp),
         certificates,
         served,
         warnings,
@@ -313,8 +326,62 @@ pub fn detail(
             .filter(|_| record.checked_at.is_some()),
         created_at: timestamp(record.created_at),
         updated_at: timestamp(record.updated_at),
+        certificate_authority: None,
+        acme_order: None,
+        next_issuance_at: None,
         propagation: None,
     }
+}
+
+/// One issuance attempt's error as the issuer stores it.
+#[derive(serde::Deserialize)]
+struct StoredAttempt {
+    code: String,
+    message: String,
+    remediation: String,
+    at: i64,
+    challenge: Option<String>,
+    key_type: String,
+    problem: Option<serde_json::Value>,
+}
+
+/// Adds what the ACME issuer knows: the CA, the latest order, the next attempt, and each
+/// attempt's error after the DNS check's findings.
+pub fn acme_status(
+    detail: &mut CertificateDetail,
+    record: &HostnameRecord,
+    order: Option<&AcmeOrderRecord>,
+    certificate_authority: Option<&str>,
+) {
+    detail.certificate_authority = certificate_authority.map(str::to_owned);
+    detail.acme_order = order.map(|o| AcmeOrderProgress {
+        state: o.state.as_str().into(),
+        key_type: o.key_type.clone(),
+        challenge: o.challenge.clone(),
+        renewal: o.renewal,
+        order_url: o.order_url.clone(),
+        problem: o.problem.clone(),
+        created_at: timestamp(o.created_at),
+        updated_at: timestamp(o.updated_at),
+    });
+    detail.next_issuance_at = (record.ownership_verified && record.acme_next_at > 0)
+        .then(|| timestamp(record.acme_next_at));
+    let attempts: Vec<StoredAttempt> = record
+        .acme_errors
+        .as_deref()
+        .and_then(|e| serde_json::from_str(e).ok())
+        .unwrap_or_default();
+    detail
+        .validation_errors
+        .extend(attempts.into_iter().map(|a| ValidationError {
+            code: a.code,
+            message: a.message,
+            remediation: a.remediation,
+            timestamp: timestamp(a.at),
+            challenge: a.challenge,
+            key_type: Some(a.key_type),
+            problem: a.problem,
+        }));
 }
 
 #[cfg(test)]
@@ -341,6 +408,10 @@ mod tests {
             checked_at: Some(NOW),
             next_check_at: NOW + 3600,
             check_failures: 0,
+            acme_next_at: 0,
+            acme_failures: 0,
+            rate_limited_until: None,
+            acme_errors: None,
         }
     }
 

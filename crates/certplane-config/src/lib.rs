@@ -83,6 +83,21 @@ pub struct AcmeConfig {
     pub contact: Vec<String>,
     /// The CA's CAA identifiers: a CAA `issue` record must name one of them.
     pub caa_identities: Vec<String>,
+    /// External account binding for CAs that require it (RFC 8555 §7.3.4): the key id the CA
+    /// gave, and its HMAC key (base64url). Both empty: no binding.
+    pub eab_kid: String,
+    pub eab_hmac_key: String,
+    /// Hostnames the issuer works on at once.
+    pub concurrency: u32,
+    /// How long a control plane holds a hostname's issuance before another may take it over
+    /// (renewed while it works; what a crashed node leaves behind waits this long).
+    pub lease_seconds: u32,
+    /// The CA's limits, kept by the platform's own budget so it never sends an order the CA
+    /// would refuse (defaults: Let's Encrypt's).
+    pub certificates_per_domain_per_week: u32,
+    pub duplicate_certificates_per_week: u32,
+    pub failed_validations_per_hour: u32,
+    pub orders_per_3_hours: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -157,6 +172,14 @@ impl Default for AcmeConfig {
             ca_root_file: PathBuf::new(),
             contact: Vec::new(),
             caa_identities: vec!["letsencrypt.org".into()],
+            eab_kid: String::new(),
+            eab_hmac_key: String::new(),
+            concurrency: 16,
+            lease_seconds: 30,
+            certificates_per_domain_per_week: 50,
+            duplicate_certificates_per_week: 5,
+            failed_validations_per_hour: 5,
+            orders_per_3_hours: 300,
         }
     }
 }
@@ -208,6 +231,8 @@ pub enum EnvKind {
     List,
     /// `true` or `false`.
     Bool,
+    /// A whole number.
+    Integer,
 }
 
 /// The keys an environment variable can override, and how each variable's text is read.
@@ -232,6 +257,14 @@ pub const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("acme", "ca_root_file", EnvKind::Text),
     ("acme", "contact", EnvKind::List),
     ("acme", "caa_identities", EnvKind::List),
+    ("acme", "eab_kid", EnvKind::Text),
+    ("acme", "eab_hmac_key", EnvKind::Text),
+    ("acme", "concurrency", EnvKind::Integer),
+    ("acme", "lease_seconds", EnvKind::Integer),
+    ("acme", "certificates_per_domain_per_week", EnvKind::Integer),
+    ("acme", "duplicate_certificates_per_week", EnvKind::Integer),
+    ("acme", "failed_validations_per_hour", EnvKind::Integer),
+    ("acme", "orders_per_3_hours", EnvKind::Integer),
     ("platform", "name", EnvKind::Text),
     ("platform", "apps_domain", EnvKind::Text),
     ("platform", "challenge_zone", EnvKind::Text),
@@ -292,6 +325,25 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "acme.caa_identities".into(),
                 message: "must name the CA's CAA identifier, e.g. [\"letsencrypt.org\"]".into(),
+            });
+        }
+        let acme = &config.acme;
+        if acme.eab_kid.trim().is_empty() != acme.eab_hmac_key.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "acme.eab_kid".into(),
+                message: "external account binding needs both acme.eab_kid and acme.eab_hmac_key (from the CA's account page)".into(),
+            });
+        }
+        if acme.concurrency == 0 || acme.concurrency > 1024 {
+            return Err(ConfigError::Invalid {
+                key: "acme.concurrency".into(),
+                message: "must be between 1 and 1024".into(),
+            });
+        }
+        if acme.lease_seconds < 5 {
+            return Err(ConfigError::Invalid {
+                key: "acme.lease_seconds".into(),
+                message: "must be at least 5".into(),
             });
         }
         Ok(config)
@@ -407,6 +459,15 @@ fn apply_env(
                     return Err(ConfigError::Invalid {
                         key: var,
                         message: "must be true or false".into(),
+                    });
+                }
+            },
+            EnvKind::Integer => match raw.trim().parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => {
+                    return Err(ConfigError::Invalid {
+                        key: var,
+                        message: "must be a whole number".into(),
                     });
                 }
             },

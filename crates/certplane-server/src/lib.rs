@@ -69,6 +69,19 @@ pub async fn serve(
     tracing::info!(current = keys.current_id(), "master keys ready");
     let propagation = Propagation::new(store.clone(), keys.clone());
     let feed = tokio::spawn(propagation.clone().run_feed(stop_rx.clone()));
+    let issuer = issuer(
+        &config,
+        &platform,
+        store.clone(),
+        keys.clone(),
+        verifier.clone(),
+        propagation.clone(),
+    )?;
+    let acme = certplane_api::AcmeInfo {
+        certificate_authority: config.acme.directory_url.clone(),
+        wake: issuer.wake_handle(),
+    };
+    let issuing = tokio::spawn(issuer.run(stop_rx.clone()));
     let compaction = tokio::spawn(compact_log(store.clone(), stop_rx.clone()));
     let router_store = store.clone();
     let router = certplane_api::router(ApiDeps {
@@ -77,6 +90,7 @@ pub async fn serve(
         verifier,
         keys,
         propagation: propagation.clone(),
+        acme: Some(acme),
     });
     tracing::info!(
         background_checks = config.dns.background_checks,
@@ -114,6 +128,7 @@ pub async fn serve(
         let _ = task.await;
     }
     let _ = feed.await;
+    let _ = issuing.await;
     let _ = compaction.await;
     if let Some(task) = edge {
         let _ = task.await;
@@ -203,6 +218,109 @@ async fn compact_log(store: Arc<dyn Store>, mut stop: tokio::sync::watch::Receiv
             Err(e) => tracing::warn!(error = %e, "cannot remove expired challenge answers"),
         }
     }
+}
+
+/// The `[acme]` section as the ACME client takes it (reads `ca_root_file`).
+pub fn acme_client_config(
+    config: &Config,
+) -> Result<certplane_acme::AcmeClientConfig, ServerError> {
+    let acme = &config.acme;
+    let ca_root_pem = if acme.ca_root_file.as_os_str().is_empty() {
+        None
+    } else {
+        Some(std::fs::read_to_string(&acme.ca_root_file).map_err(|e| {
+            ServerError::Acme(format!(
+                "acme.ca_root_file {}: {e}",
+                acme.ca_root_file.display()
+            ))
+        })?)
+    };
+    let eab = (!acme.eab_kid.trim().is_empty()).then(|| {
+        (
+            acme.eab_kid.trim().to_owned(),
+            acme.eab_hmac_key.trim().to_owned(),
+        )
+    });
+    Ok(certplane_acme::AcmeClientConfig {
+        directory_url: acme.directory_url.clone(),
+        ca_root_pem,
+        contact: acme.contact.clone(),
+        eab,
+    })
+}
+
+/// The issuer's view of the edges: the propagation feed and the edges' acknowledgements.
+struct FeedSync {
+    store: Arc<dyn Store>,
+    propagation: Arc<Propagation>,
+}
+
+#[async_trait::async_trait]
+impl certplane_acme::issuer::EdgeSync for FeedSync {
+    fn poke(&self) {
+        self.propagation.poke();
+    }
+
+    async fn propagated(
+        &self,
+        hostname: &certplane_domain::Hostname,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let Ok(revision) = self.store.hostname_revision(hostname).await else {
+            return false;
+        };
+        matches!(
+            self.propagation.wait_for(revision, timeout).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+/// The ACME issuer of this control plane (its account is opened on first need).
+fn issuer(
+    config: &Config,
+    platform: &certplane_domain::PlatformSettings,
+    store: Arc<dyn Store>,
+    keys: Arc<MasterKeys>,
+    verifier: Arc<Verifier>,
+    propagation: Arc<Propagation>,
+) -> Result<Arc<certplane_acme::issuer::Issuer>, ServerError> {
+    use certplane_acme::issuer::{AccountOpener, Issuer, IssuerSettings};
+    let client = Arc::new(acme_client_config(config)?);
+    let acme = &config.acme;
+    let mut settings = IssuerSettings::new(
+        format!("{}:{}", default_edge_id(config), std::process::id()),
+        platform.challenge_zone.as_str().to_owned(),
+    );
+    settings.directory_url = acme.directory_url.clone();
+    settings.concurrency = acme.concurrency as usize;
+    settings.lease = std::time::Duration::from_secs(u64::from(acme.lease_seconds));
+    settings.limits = certplane_acme::policy::Limits {
+        certificates_per_domain_per_week: acme.certificates_per_domain_per_week,
+        duplicate_certificates_per_week: acme.duplicate_certificates_per_week,
+        failed_validations_per_hour: acme.failed_validations_per_hour,
+        orders_per_3_hours: acme.orders_per_3_hours,
+    };
+    settings.caa_identities = acme.caa_identities.clone();
+    let opener: AccountOpener = {
+        let store = store.clone();
+        let keys = keys.clone();
+        Box::new(move || {
+            let store = store.clone();
+            let keys = keys.clone();
+            let client = client.clone();
+            Box::pin(async move {
+                acme_account(store.as_ref(), &keys, &client)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+    };
+    let sync = Arc::new(FeedSync {
+        store: store.clone(),
+        propagation,
+    });
+    Ok(Issuer::new(store, keys, verifier, sync, settings, opener))
 }
 
 /// The id an edge goes by when the configuration names none: `<host name>:<https port>`.

@@ -22,6 +22,7 @@ async fn the_account_is_created_once_stored_sealed_and_restored() {
         directory_url: pebble.directory_url(),
         ca_root_pem: Some(pebble.ca_pem()),
         contact: vec!["mailto:ops@example.test".into()],
+        eab: None,
     };
     let created = certplane_server::acme_account(store.as_ref(), &keys, &config)
         .await

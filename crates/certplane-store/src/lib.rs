@@ -23,7 +23,8 @@ use certplane_domain::{
 };
 
 pub use records::{
-    AcmeAccountRecord, App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord,
+    AcmeAccountRecord, AcmeLedgerEntry, AcmeOrderRecord, AcmeOrderState, AcmeOrderUpdate,
+    AcmeRelease, App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord,
     CheckUpdate, EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord, NewCertificate, Org, OrgId,
     Page, Principal, TokenKind, sealing_context,
 };
@@ -279,6 +280,93 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every DNS-01 value not expired at `now`: `(name, value)` by name.
     async fn dns_challenges(&self, now: i64) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Takes up to `limit` hostnames whose ACME work is due at `now` (ACME requested,
+    /// ownership verified, `acme_next_at` passed, no live lease of another owner): they are
+    /// leased to `owner` until `lease_until`, so only one worker drives a hostname at a time,
+    /// on any number of control planes.
+    async fn claim_acme_work(
+        &self,
+        owner: &str,
+        now: i64,
+        limit: u32,
+        lease_until: i64,
+    ) -> Result<Vec<(AppId, Hostname)>, StoreError>;
+
+    /// Extends `owner`'s lease on the hostname; `false` when it no longer holds it.
+    async fn renew_acme_lease(
+        &self,
+        hostname: &Hostname,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends `owner`'s lease, storing what the round left (next time, back-off, errors, status).
+    /// `None` when the hostname is gone or `owner` no longer holds it.
+    async fn release_acme_work(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        owner: &str,
+        release: &AcmeRelease,
+    ) -> Result<Option<HostnameRecord>, StoreError>;
+
+    /// Shows `issuing` on a verified hostname without a certificate while `owner` works on it.
+    async fn mark_issuing(&self, hostname: &Hostname, owner: &str) -> Result<(), StoreError>;
+
+    /// Makes the hostname's ACME work due now (a customer's check after fixing records); with
+    /// `reset`, also forgets the back-off. A CA rate limit stays in force.
+    async fn wake_acme(&self, hostname: &Hostname, reset: bool) -> Result<(), StoreError>;
+
+    /// The hostname's ACME orders, newest first, at most `limit`.
+    async fn acme_orders(
+        &self,
+        hostname: &Hostname,
+        limit: u32,
+    ) -> Result<Vec<AcmeOrderRecord>, StoreError>;
+
+    /// Stores a new order in state `creating` (before the new-order request) and counts it in
+    /// the ledger under `registered_domain`.
+    async fn insert_acme_order(
+        &self,
+        hostname: &Hostname,
+        key_type: &str,
+        renewal: bool,
+        challenge: &str,
+        registered_domain: &str,
+    ) -> Result<AcmeOrderRecord, StoreError>;
+
+    /// Applies `update` to an order.
+    async fn update_acme_order(&self, id: i64, update: &AcmeOrderUpdate) -> Result<(), StoreError>;
+
+    /// Whether an order with this URL is stored (recovering an order whose creation was cut
+    /// short: the CA's orders the store does not know are candidates).
+    async fn acme_order_known(&self, order_url: &str) -> Result<bool, StoreError>;
+
+    /// In one transaction: stores `cert` as the hostname's ACME certificate of its key type
+    /// (replacing the previous one, which edges serve until this commit propagates), marks the
+    /// order done, counts the certificate in the ledger, and logs the change for the edges.
+    /// `None` when the hostname is gone.
+    async fn finish_acme_order(
+        &self,
+        order_id: i64,
+        app: AppId,
+        hostname: &Hostname,
+        cert: &NewCertificate,
+        registered_domain: &str,
+    ) -> Result<Option<HostnameRecord>, StoreError>;
+
+    /// Adds an entry to the ledger (e.g. a failed validation).
+    async fn record_acme_event(&self, entry: &AcmeLedgerEntry) -> Result<(), StoreError>;
+
+    /// The ledger's entries since `since` for `registered_domain`, and (second) the times of
+    /// every order since `orders_since`, whatever the domain (the CA's per-account limit).
+    async fn acme_ledger(
+        &self,
+        registered_domain: &str,
+        since: i64,
+        orders_since: i64,
+    ) -> Result<(Vec<AcmeLedgerEntry>, Vec<i64>), StoreError>;
 
     /// The propagation log's identity, drawn on first call and kept with the database: revision
     /// numbers compare only within one log (a restored backup is another log).

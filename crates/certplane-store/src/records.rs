@@ -93,6 +93,15 @@ pub struct HostnameRecord {
     pub next_check_at: i64,
     /// Consecutive checks that did not verify ownership.
     pub check_failures: i64,
+    /// When the issuer looks at the hostname next (unix seconds; 0 = as soon as it is due).
+    pub acme_next_at: i64,
+    /// Consecutive issuance rounds that failed (drives the back-off).
+    pub acme_failures: i64,
+    /// Until when the CA (or the platform's own budget) refuses orders for it.
+    pub rate_limited_until: Option<i64>,
+    /// The last issuance attempts' errors, JSON `[{code,message,remediation,timestamp,
+    /// challenge,key_type}]`.
+    pub acme_errors: Option<String>,
 }
 
 /// Where a certificate came from.
@@ -287,4 +296,136 @@ impl std::fmt::Debug for AcmeAccountRecord {
             .field("account_url", &self.account_url)
             .finish_non_exhaustive()
     }
+}
+
+/// Where an ACME order stands. Each step is stored before the next request to the CA, so a
+/// control plane that stops anywhere resumes the order instead of creating another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AcmeOrderState {
+    /// Stored before the new-order request; no URL yet. Found after a crash, the order may or
+    /// may not exist at the CA.
+    Creating,
+    /// Created at the CA; challenges to publish and validate.
+    Pending,
+    /// Every authorization valid; the CSR is next.
+    Ready,
+    /// The CSR was sent (its key is stored sealed in the row); the certificate is next.
+    Processing,
+    /// The certificate is stored.
+    Done,
+    /// Invalid, expired or given up at the CA.
+    Dead,
+}
+
+impl AcmeOrderState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Processing => "processing",
+            Self::Done => "done",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "creating" => Self::Creating,
+            "pending" => Self::Pending,
+            "ready" => Self::Ready,
+            "processing" => Self::Processing,
+            "done" => Self::Done,
+            "dead" => Self::Dead,
+            _ => return None,
+        })
+    }
+
+    /// Whether the order still needs driving.
+    pub fn is_open(self) -> bool {
+        !matches!(self, Self::Done | Self::Dead)
+    }
+}
+
+/// One ACME order of a hostname. `Debug` leaves the sealed key out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AcmeOrderRecord {
+    pub id: i64,
+    pub hostname: Hostname,
+    /// `ecdsa` or `rsa`: the certificate this order is for.
+    pub key_type: String,
+    /// Whether it replaces a certificate the hostname has.
+    pub renewal: bool,
+    /// `tls-alpn-01`, `http-01` or `dns-01`.
+    pub challenge: String,
+    pub state: AcmeOrderState,
+    /// The order at the CA (not secret).
+    pub order_url: Option<String>,
+    /// The CSR's private key, sealed (stored before the CSR is sent): master key id and blob.
+    pub key_id: Option<String>,
+    pub key_sealed: Option<Vec<u8>>,
+    /// The CA's problem document (RFC 7807 JSON) or the failure, when the order died.
+    pub problem: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for AcmeOrderRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeOrderRecord")
+            .field("id", &self.id)
+            .field("hostname", &self.hostname)
+            .field("key_type", &self.key_type)
+            .field("renewal", &self.renewal)
+            .field("challenge", &self.challenge)
+            .field("state", &self.state)
+            .field("order_url", &self.order_url)
+            .field("problem", &self.problem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change to an order's row: the new state, and what became known with it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AcmeOrderUpdate {
+    pub state: Option<AcmeOrderState>,
+    pub order_url: Option<String>,
+    /// `(master key id, sealed key)`.
+    pub key: Option<(String, Vec<u8>)>,
+    pub problem: Option<String>,
+}
+
+impl std::fmt::Debug for AcmeOrderUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeOrderUpdate")
+            .field("state", &self.state)
+            .field("order_url", &self.order_url)
+            .field("problem", &self.problem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the issuer leaves on a hostname when it lets go of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeRelease {
+    /// When to look at it again.
+    pub next_at: i64,
+    pub failures: i64,
+    pub rate_limited_until: Option<i64>,
+    /// JSON, as [`HostnameRecord::acme_errors`]; `None` clears them.
+    pub errors: Option<String>,
+    /// The status to show while the hostname has no certificate (`issuing`, `failed`,
+    /// `pending_validation`); a hostname with certificates keeps the status they give it.
+    pub status: Option<CertificateStatus>,
+}
+
+/// One entry of the platform's ledger of requests to the CA (its rate-limit budget).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeLedgerEntry {
+    /// `order`, `certificate` or `failed_validation`.
+    pub kind: String,
+    pub registered_domain: String,
+    /// The order's identifiers, sorted, comma-separated.
+    pub names: String,
+    pub at: i64,
 }

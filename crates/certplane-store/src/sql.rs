@@ -22,7 +22,8 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 
 use crate::{
-    AcmeAccountRecord, App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord,
+    AcmeAccountRecord, AcmeLedgerEntry, AcmeOrderRecord, AcmeOrderState, AcmeOrderUpdate,
+    AcmeRelease, App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord,
     CheckUpdate, DeleteOutcome, EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord,
     NewCertificate, Org, OrgId, Page, Principal, Store, StoreError, TokenKind,
 };
@@ -234,7 +235,8 @@ async fn allocate_ipv6(
 const ORG_COLUMNS: &str = "o.id, o.slug, o.name, o.token, o.is_admin, o.created_at";
 const APP_COLUMNS: &str = "id, org_id, name, token, ipv6, dedicated_ipv4, backends, created_at";
 const HOSTNAME_COLUMNS: &str = "app_id, hostname, acme_requested, status, created_at, updated_at, \
-     ownership_verified, configured, check_report, checked_at, next_check_at, check_failures";
+     ownership_verified, configured, check_report, checked_at, next_check_at, check_failures, \
+     acme_next_at, acme_failures, rate_limited_until, acme_errors";
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
@@ -298,7 +300,49 @@ fn hostname_from_row(row: &AnyRow) -> Result<HostnameRecord, StoreError> {
         checked_at: row.try_get("checked_at")?,
         next_check_at: row.try_get("next_check_at")?,
         check_failures: row.try_get("check_failures")?,
+        acme_next_at: row.try_get("acme_next_at")?,
+        acme_failures: row.try_get("acme_failures")?,
+        rate_limited_until: row.try_get("rate_limited_until")?,
+        acme_errors: row.try_get("acme_errors")?,
     })
+}
+
+const ORDER_COLUMNS: &str = "id, hostname, key_type, renewal, challenge, state, order_url, key_id, \
+     key_sealed, problem, created_at, updated_at";
+
+fn order_from_row(row: &AnyRow) -> Result<AcmeOrderRecord, StoreError> {
+    let hostname: String = row.try_get("hostname")?;
+    let state: String = row.try_get("state")?;
+    Ok(AcmeOrderRecord {
+        id: row.try_get("id")?,
+        hostname: Hostname::from_stored(&hostname),
+        key_type: row.try_get("key_type")?,
+        renewal: row.try_get::<i64, _>("renewal")? != 0,
+        challenge: row.try_get("challenge")?,
+        state: AcmeOrderState::parse(&state).ok_or_else(|| corrupt("order state", &state))?,
+        order_url: row.try_get("order_url")?,
+        key_id: row.try_get("key_id")?,
+        key_sealed: row.try_get("key_sealed")?,
+        problem: row.try_get("problem")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+async fn ledger_insert(
+    conn: &mut AnyConnection,
+    entry: &AcmeLedgerEntry,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO acme_ledger (kind, registered_domain, names, at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&entry.kind)
+    .bind(&entry.registered_domain)
+    .bind(&entry.names)
+    .bind(entry.at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 fn backends_json(backends: &[AppBackend]) -> String {
@@ -927,7 +971,7 @@ impl Store for SqlStore {
             Some(holder) if holder != app.0 => return Err(StoreError::HostnameTaken),
             Some(_) => {
                 sqlx::query(
-                    "UPDATE hostnames SET acme_requested = 1, updated_at = $1 \
+                    "UPDATE hostnames SET acme_requested = 1, acme_next_at = 0, updated_at = $1 \
                      WHERE app_id = $2 AND hostname = $3 AND acme_requested = 0",
                 )
                 .bind(now())
@@ -984,6 +1028,10 @@ impl Store for SqlStore {
                 checked_at: None,
                 next_check_at: 0,
                 check_failures: 0,
+                acme_next_at: 0,
+                acme_failures: 0,
+                rate_limited_until: None,
+                acme_errors: None,
             },
             true,
         ))
@@ -1058,10 +1106,12 @@ impl Store for SqlStore {
             DeleteScope::Custom => Some(CertSource::Custom),
         };
         if !acme_left && !custom_left {
-            sqlx::query("DELETE FROM certificates WHERE hostname = $1")
-                .bind(hostname.as_str())
-                .execute(&mut *tx)
-                .await?;
+            for table in ["certificates", "acme_orders"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE hostname = $1"))
+                    .bind(hostname.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query("DELETE FROM hostnames WHERE app_id = $1 AND hostname = $2")
                 .bind(app.0)
                 .bind(hostname.as_str())
@@ -1079,6 +1129,11 @@ impl Store for SqlStore {
                 .await?;
         }
         if scope == DeleteScope::Acme {
+            // Open orders stop with the request; at the CA they expire unused.
+            sqlx::query("DELETE FROM acme_orders WHERE hostname = $1")
+                .bind(hostname.as_str())
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("UPDATE hostnames SET acme_requested = 0, updated_at = $1 WHERE app_id = $2 AND hostname = $3")
                 .bind(now())
                 .bind(app.0)
@@ -1531,6 +1586,11 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // The CA's longest window is a week; older ledger entries count for nothing.
+        sqlx::query("DELETE FROM acme_ledger WHERE at <= $1")
+            .bind(now - 8 * 86_400)
+            .execute(&mut *tx)
+            .await?;
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         bump(&mut tx, self.backend, &names).await?;
         tx.commit().await?;
@@ -1682,5 +1742,286 @@ impl Store for SqlStore {
         Ok(sqlx::query_scalar("SELECT log_id FROM revision_compaction")
             .fetch_one(&self.writer)
             .await?)
+    }
+
+    async fn claim_acme_work(
+        &self,
+        owner: &str,
+        now: i64,
+        limit: u32,
+        lease_until: i64,
+    ) -> Result<Vec<(AppId, Hostname)>, StoreError> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let rows = sqlx::query(&format!(
+            "UPDATE hostnames SET acme_lease_owner = $1, acme_lease_until = $4 WHERE id IN \
+             (SELECT id FROM hostnames WHERE acme_requested = 1 AND ownership_verified = 1 \
+              AND acme_next_at <= $2 AND acme_lease_until <= $2 \
+              ORDER BY acme_next_at LIMIT $3{lock}) \
+             RETURNING app_id, hostname"
+        ))
+        .bind(owner)
+        .bind(now)
+        .bind(i64::from(limit))
+        .bind(lease_until)
+        .fetch_all(&self.writer)
+        .await?;
+        due_rows(&rows)
+    }
+
+    async fn renew_acme_lease(
+        &self,
+        hostname: &Hostname,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE hostnames SET acme_lease_until = $1 WHERE hostname = $2 AND acme_lease_owner = $3",
+        )
+        .bind(until)
+        .bind(hostname.as_str())
+        .bind(owner)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_acme_work(
+        &self,
+        app: AppId,
+        hostname: &Hostname,
+        owner: &str,
+        release: &AcmeRelease,
+    ) -> Result<Option<HostnameRecord>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE hostnames SET acme_lease_owner = NULL, acme_lease_until = 0, acme_next_at = $1, \
+             acme_failures = $2, rate_limited_until = $3, acme_errors = $4 \
+             WHERE app_id = $5 AND hostname = $6 AND acme_lease_owner = $7",
+        )
+        .bind(release.next_at)
+        .bind(release.failures)
+        .bind(release.rate_limited_until)
+        .bind(release.errors.as_deref())
+        .bind(app.0)
+        .bind(hostname.as_str())
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        if let Some(status) = release.status {
+            sqlx::query(
+                "UPDATE hostnames SET status = $1, updated_at = $2 WHERE app_id = $3 AND hostname = $4 \
+                 AND ownership_verified = 1 AND status <> $1 \
+                 AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.hostname = hostnames.hostname)",
+            )
+            .bind(status.as_str())
+            .bind(now())
+            .bind(app.0)
+            .bind(hostname.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let record = refresh_status(&mut tx, app, hostname, now()).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn mark_issuing(&self, hostname: &Hostname, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hostnames SET status = $1, updated_at = $2 WHERE hostname = $3 \
+             AND acme_lease_owner = $4 AND ownership_verified = 1 AND status <> $1 \
+             AND NOT EXISTS (SELECT 1 FROM certificates c WHERE c.hostname = hostnames.hostname)",
+        )
+        .bind(CertificateStatus::Issuing.as_str())
+        .bind(now())
+        .bind(hostname.as_str())
+        .bind(owner)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn wake_acme(&self, hostname: &Hostname, reset: bool) -> Result<(), StoreError> {
+        let sql = if reset {
+            "UPDATE hostnames SET acme_next_at = 0, acme_failures = 0 WHERE hostname = $1"
+        } else {
+            "UPDATE hostnames SET acme_next_at = 0 WHERE hostname = $1"
+        };
+        sqlx::query(sql)
+            .bind(hostname.as_str())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn acme_orders(
+        &self,
+        hostname: &Hostname,
+        limit: u32,
+    ) -> Result<Vec<AcmeOrderRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} FROM acme_orders WHERE hostname = $1 ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(hostname.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(order_from_row).collect()
+    }
+
+    async fn insert_acme_order(
+        &self,
+        hostname: &Hostname,
+        key_type: &str,
+        renewal: bool,
+        challenge: &str,
+        registered_domain: &str,
+    ) -> Result<AcmeOrderRecord, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let at = now();
+        let row = sqlx::query(&format!(
+            "INSERT INTO acme_orders (hostname, key_type, renewal, challenge, state, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {ORDER_COLUMNS}"
+        ))
+        .bind(hostname.as_str())
+        .bind(key_type)
+        .bind(i64::from(renewal))
+        .bind(challenge)
+        .bind(AcmeOrderState::Creating.as_str())
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = order_from_row(&row)?;
+        ledger_insert(
+            &mut tx,
+            &AcmeLedgerEntry {
+                kind: "order".into(),
+                registered_domain: registered_domain.to_owned(),
+                names: hostname.as_str().to_owned(),
+                at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn update_acme_order(&self, id: i64, update: &AcmeOrderUpdate) -> Result<(), StoreError> {
+        let (key_id, key_sealed) = match &update.key {
+            Some((id, blob)) => (Some(id.as_str()), Some(blob.as_slice())),
+            None => (None, None),
+        };
+        sqlx::query(
+            "UPDATE acme_orders SET state = COALESCE($1, state), order_url = COALESCE($2, order_url), \
+             key_id = COALESCE($3, key_id), key_sealed = COALESCE($4, key_sealed), \
+             problem = COALESCE($5, problem), updated_at = $6 WHERE id = $7",
+        )
+        .bind(update.state.map(AcmeOrderState::as_str))
+        .bind(update.order_url.as_deref())
+        .bind(key_id)
+        .bind(key_sealed)
+        .bind(update.problem.as_deref())
+        .bind(now())
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn acme_order_known(&self, order_url: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM acme_orders WHERE order_url = $1")
+                .bind(order_url)
+                .fetch_optional(&self.writer)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn finish_acme_order(
+        &self,
+        order_id: i64,
+        app: AppId,
+        hostname: &Hostname,
+        cert: &NewCertificate,
+        registered_domain: &str,
+    ) -> Result<Option<HostnameRecord>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        if hostname_row(&mut tx, app, hostname).await?.is_none() {
+            return Ok(None);
+        }
+        sqlx::query(
+            "DELETE FROM certificates WHERE hostname = $1 AND source = $2 AND key_type = $3",
+        )
+        .bind(hostname.as_str())
+        .bind(CertSource::Acme.as_str())
+        .bind(&cert.key_type)
+        .execute(&mut *tx)
+        .await?;
+        insert_certificate(&mut tx, hostname, cert).await?;
+        let at = now();
+        sqlx::query("UPDATE acme_orders SET state = $1, updated_at = $2 WHERE id = $3")
+            .bind(AcmeOrderState::Done.as_str())
+            .bind(at)
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+        ledger_insert(
+            &mut tx,
+            &AcmeLedgerEntry {
+                kind: "certificate".into(),
+                registered_domain: registered_domain.to_owned(),
+                names: hostname.as_str().to_owned(),
+                at,
+            },
+        )
+        .await?;
+        let record = refresh_status(&mut tx, app, hostname, at).await?;
+        bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn record_acme_event(&self, entry: &AcmeLedgerEntry) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        ledger_insert(&mut conn, entry).await
+    }
+
+    async fn acme_ledger(
+        &self,
+        registered_domain: &str,
+        since: i64,
+        orders_since: i64,
+    ) -> Result<(Vec<AcmeLedgerEntry>, Vec<i64>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, registered_domain, names, at FROM acme_ledger \
+             WHERE registered_domain = $1 AND at > $2 ORDER BY at",
+        )
+        .bind(registered_domain)
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        let entries = rows
+            .iter()
+            .map(|r| {
+                Ok(AcmeLedgerEntry {
+                    kind: r.try_get("kind")?,
+                    registered_domain: r.try_get("registered_domain")?,
+                    names: r.try_get("names")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let orders: Vec<i64> = sqlx::query_scalar(
+            "SELECT at FROM acme_ledger WHERE kind = 'order' AND at > $1 ORDER BY at",
+        )
+        .bind(orders_since)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok((entries, orders))
     }
 }

@@ -8,8 +8,9 @@ use certplane_domain::{
     OrgSlug,
 };
 use certplane_store::{
-    AppId, CertSource, ChallengeKind, ChallengeRecord, CheckUpdate, DeleteOutcome, EdgeRecord,
-    NewCertificate, Org, Store, StoreError, TokenKind,
+    AcmeLedgerEntry, AcmeOrderState, AcmeOrderUpdate, AcmeRelease, AppId, CertSource,
+    ChallengeKind, ChallengeRecord, CheckUpdate, DeleteOutcome, EdgeRecord, NewCertificate, Org,
+    Store, StoreError, TokenKind,
 };
 use certplane_test_support::TestDb;
 
@@ -63,6 +64,8 @@ suite!(
     dns_challenge_values_add_up_and_expire,
     expired_challenges_are_purged_and_logged,
     one_acme_account_per_directory,
+    acme_work_is_leased_to_one_worker,
+    acme_orders_step_by_step,
 );
 
 fn prefix() -> Ipv6Prefix {
@@ -1823,4 +1826,234 @@ async fn one_acme_account_per_directory(db: &TestDb) {
             .expect("read")
             .is_none()
     );
+}
+
+async fn acme_work_is_leased_to_one_worker(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Issuer").await;
+    let app = store
+        .create_app(o.id, &app_name("issuer"), &[], &prefix(), None)
+        .await
+        .expect("app");
+    let now = 1_000_000;
+    for i in 0..30 {
+        let h = host(&format!("i{i}.issuer.example"));
+        store.request_acme(app.id, &h).await.expect("add");
+        if i < 20 {
+            store
+                .record_check(app.id, &h, &verified_at(now))
+                .await
+                .expect("check");
+        }
+    }
+    // Only verified hostnames are due; four workers take each once.
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_acme_work(&format!("node-{w}"), now, 8, now + 30)
+                    .await
+                    .expect("claim")
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for w in workers {
+        claimed.extend(w.await.expect("worker"));
+    }
+    let unique: HashSet<_> = claimed.iter().map(|(_, h)| h.as_str().to_owned()).collect();
+    assert_eq!(unique.len(), claimed.len(), "a hostname was leased twice");
+    assert_eq!(unique.len(), 20, "every verified hostname was leased");
+    // Leased: nobody else gets them until the lease ends; then anyone does.
+    assert!(
+        store
+            .claim_acme_work("other", now + 10, 100, now + 40)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let h = host("i0.issuer.example");
+    assert!(
+        !store
+            .renew_acme_lease(&h, "other", now + 99)
+            .await
+            .expect("renew")
+    );
+    let holder = claimed
+        .iter()
+        .position(|(_, x)| x == &h)
+        .map(|_| ())
+        .is_some();
+    assert!(holder);
+    let retaken = store
+        .claim_acme_work("other", now + 31, 100, now + 60)
+        .await
+        .expect("claim");
+    assert_eq!(retaken.len(), 20, "expired leases are taken over");
+    // The release stores the round's outcome, and only the holder may release.
+    let release = AcmeRelease {
+        next_at: now + 600,
+        failures: 2,
+        rate_limited_until: Some(now + 3_600),
+        errors: Some(r#"[{"code":"RATE_LIMITED"}]"#.into()),
+        status: Some(CertificateStatus::Failed),
+    };
+    assert!(
+        store
+            .release_acme_work(app.id, &h, "node-0", &release)
+            .await
+            .expect("release")
+            .is_none()
+    );
+    let record = store
+        .release_acme_work(app.id, &h, "other", &release)
+        .await
+        .expect("release")
+        .expect("held");
+    assert_eq!(record.status, CertificateStatus::Failed);
+    assert_eq!(record.acme_failures, 2);
+    assert_eq!(record.rate_limited_until, Some(now + 3_600));
+    assert_eq!(record.acme_next_at, now + 600);
+    assert!(
+        record
+            .acme_errors
+            .as_deref()
+            .is_some_and(|e| e.contains("RATE_LIMITED"))
+    );
+    // Not due until then, unless woken (a customer's check), which can also reset the back-off.
+    let due = |at| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_acme_work("third", at, 100, at + 1)
+                .await
+                .expect("claim")
+                .into_iter()
+                .any(|(_, x)| x.as_str() == "i0.issuer.example")
+        }
+    };
+    assert!(!due(now + 100).await);
+    store.wake_acme(&h, true).await.expect("wake");
+    assert!(due(now + 100).await);
+    let record = store
+        .hostname(app.id, &h)
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(record.acme_failures, 0);
+}
+
+async fn acme_orders_step_by_step(db: &TestDb) {
+    let store = db.store();
+    let o = org(&store, "Orders").await;
+    let app = store
+        .create_app(o.id, &app_name("orders"), &[], &prefix(), None)
+        .await
+        .expect("app");
+    let h = host("www.orders.example");
+    store.request_acme(app.id, &h).await.expect("add");
+    store
+        .record_check(app.id, &h, &verified_at(1_000))
+        .await
+        .expect("check");
+    let order = store
+        .insert_acme_order(&h, "ecdsa", false, "tls-alpn-01", "orders.example")
+        .await
+        .expect("insert");
+    assert_eq!(order.state, AcmeOrderState::Creating);
+    assert_eq!(order.order_url, None);
+    let url = "https://ca.example/order/1";
+    assert!(!store.acme_order_known(url).await.expect("known"));
+    store
+        .update_acme_order(
+            order.id,
+            &AcmeOrderUpdate {
+                state: Some(AcmeOrderState::Pending),
+                order_url: Some(url.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert!(store.acme_order_known(url).await.expect("known"));
+    store
+        .update_acme_order(
+            order.id,
+            &AcmeOrderUpdate {
+                state: Some(AcmeOrderState::Processing),
+                key: Some(("k1".into(), vec![1, 2, 3])),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+    let stored = store.acme_orders(&h, 10).await.expect("orders");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].state, AcmeOrderState::Processing);
+    assert_eq!(
+        stored[0].order_url.as_deref(),
+        Some(url),
+        "kept across updates"
+    );
+    assert_eq!(stored[0].key_sealed.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert!(
+        !format!("{:?}", stored[0]).contains("[1, 2, 3]"),
+        "Debug hides the key"
+    );
+
+    let before = store.latest_revision().await.expect("revision");
+    let record = store
+        .finish_acme_order(
+            order.id,
+            app.id,
+            &h,
+            &cert(CertSource::Acme, "ecdsa", "a1", i64::MAX / 2),
+            "orders.example",
+        )
+        .await
+        .expect("finish")
+        .expect("there");
+    assert_eq!(record.status, CertificateStatus::Active);
+    assert!(
+        store.latest_revision().await.expect("revision") > before,
+        "edges told"
+    );
+    let stored = store.acme_orders(&h, 10).await.expect("orders");
+    assert_eq!(stored[0].state, AcmeOrderState::Done);
+    let certs = store.certificates(app.id, &h).await.expect("certs");
+    assert_eq!(certs.len(), 1);
+
+    store
+        .record_acme_event(&AcmeLedgerEntry {
+            kind: "failed_validation".into(),
+            registered_domain: "orders.example".into(),
+            names: h.as_str().into(),
+            at: i64::MAX / 4,
+        })
+        .await
+        .expect("event");
+    let (entries, orders) = store
+        .acme_ledger("orders.example", 0, 0)
+        .await
+        .expect("ledger");
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["order", "certificate", "failed_validation"]);
+    assert_eq!(orders.len(), 1);
+    let (entries, _) = store
+        .acme_ledger("other.example", 0, 0)
+        .await
+        .expect("ledger");
+    assert!(entries.is_empty());
+
+    // Giving up ACME drops the open orders with it.
+    store
+        .insert_acme_order(&h, "rsa", false, "http-01", "orders.example")
+        .await
+        .expect("insert");
+    store
+        .delete_hostname(app.id, &h, DeleteScope::Acme)
+        .await
+        .expect("delete");
+    assert!(store.acme_orders(&h, 10).await.expect("orders").is_empty());
 }

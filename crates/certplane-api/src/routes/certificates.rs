@@ -135,6 +135,18 @@ async fn detail(
 ) -> Result<CertificateDetail, ApiError> {
     let certs = state.store.certificates(app.id, &record.hostname).await?;
     let mut detail = present::detail(&state.platform, &principal.org, app, record, &certs);
+    if record.acme_requested {
+        let orders = state.store.acme_orders(&record.hostname, 1).await?;
+        present::acme_status(
+            &mut detail,
+            record,
+            orders.first(),
+            state
+                .acme
+                .as_ref()
+                .map(|a| a.certificate_authority.as_str()),
+        );
+    }
     detail.propagation = Some(propagation_status(state, &record.hostname).await?);
     Ok(detail)
 }
@@ -444,6 +456,14 @@ pub async fn check_certificate(
         .check_now(&principal.org, &app, &record)
         .await?
         .ok_or_else(|| ApiError::certificate_not_found(app.name.as_str(), &hostname))?;
+    // A customer's check after fixing records starts issuance now, back-off forgotten (a CA
+    // rate limit and the platform's budget of the CA's limits still hold).
+    if record.acme_requested && record.ownership_verified {
+        state.store.wake_acme(&record.hostname, true).await?;
+        if let Some(acme) = &state.acme {
+            acme.wake.notify_one();
+        }
+    }
     propagate(&state, &record.hostname, wait).await?;
     Ok(axum::Json(detail(&state, &principal, &app, &record).await?))
 }

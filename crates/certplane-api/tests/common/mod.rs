@@ -101,6 +101,7 @@ impl TestApi {
             verifier: verifier.clone(),
             keys: keys.clone(),
             propagation: propagation.clone(),
+            acme: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
