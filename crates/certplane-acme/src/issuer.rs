@@ -316,7 +316,7 @@ impl Issuer {
             .unwrap_or_default();
         let failures = record.acme_failures;
         if let Some(until) = record.rate_limited_until.filter(|u| *u > now) {
-            return Ok(Some(keep(&record, until, errors)));
+            return Ok(Some(limited(&record, until, errors)));
         }
         let registered = hostname.registrable_domain().to_owned();
         let mut reverified = false;

@@ -155,3 +155,39 @@ async fn the_account_lists_its_orders_across_pages() {
     }
     assert_eq!(listed.len(), created.len(), "{listed:?}");
 }
+
+/// A CA that requires external account binding: the configured key id and HMAC key bind the
+/// new account; without them the CA refuses, and a malformed key is reported without echoing it.
+#[tokio::test]
+async fn external_account_binding_when_the_ca_requires_it() {
+    let dns: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let mut options = PebbleOptions::new(dns, free_port(), free_port());
+    options.eab = Some(("kid-1".into(), key.into()));
+    let pebble = Pebble::start(options);
+
+    let error = open(&config(&pebble), None)
+        .await
+        .err()
+        .expect("refused without a binding");
+    assert!(
+        matches!(&error, AcmeError::Rejected { problem, .. } if problem.r#type.as_deref().is_some_and(|t| t.ends_with("externalAccountRequired"))),
+        "{error:?}"
+    );
+
+    let bound = AcmeClientConfig {
+        eab: Some(("kid-1".into(), key.into())),
+        ..config(&pebble)
+    };
+    let (account, credentials) = open(&bound, None).await.expect("bound account");
+    assert!(credentials.is_some());
+    assert!(account.id().starts_with("https://127.0.0.1:"));
+
+    let malformed = AcmeClientConfig {
+        eab: Some(("kid-1".into(), "not base64url!".into())),
+        ..config(&pebble)
+    };
+    let error = open(&malformed, None).await.err().expect("malformed key");
+    assert!(matches!(error, AcmeError::Eab { .. }), "{error:?}");
+    assert!(!format!("{error:?}").contains("not base64url!"));
+}

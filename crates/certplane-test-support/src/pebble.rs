@@ -39,6 +39,8 @@ pub struct PebbleOptions {
     /// Percentage of authorizations Pebble reuses (`PEBBLE_AUTHZREUSE`); Pebble's default when
     /// `None`.
     pub authz_reuse_percent: Option<u8>,
+    /// Require external account binding with this `(key id, base64url HMAC key)`.
+    pub eab: Option<(String, String)>,
 }
 
 impl PebbleOptions {
@@ -51,6 +53,7 @@ impl PebbleOptions {
             validity_seconds: None,
             nonce_reject_percent: 0,
             authz_reuse_percent: None,
+            eab: None,
         }
     }
 }
@@ -88,6 +91,10 @@ impl Pebble {
         });
         if let Some(seconds) = options.validity_seconds {
             pebble["certificateValidityPeriod"] = seconds.into();
+        }
+        if let Some((kid, key)) = &options.eab {
+            pebble["externalAccountBindingRequired"] = true.into();
+            pebble["externalAccountMACKeys"] = serde_json::json!({ kid.as_str(): key });
         }
         let config_path = dir.path().join("pebble-config.json");
         std::fs::write(

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -565,7 +564,11 @@ fn a_control_plane_killed_mid_issuance_resumes_without_duplicate_orders() {
         world.wait_issued(host, Duration::from_secs(120));
     }
     // Every order Pebble created is in the store; one per hostname and key type unless dead.
-    let rows = world.rt.block_on(orders_in_store(world.dir.path()));
+    let url = format!(
+        "sqlite://{}",
+        world.dir.path().join("data/certplane.db").display()
+    );
+    let rows = world.rt.block_on(orders_in_store(&url, &hosts));
     let at_pebble = world.new_orders_at_pebble();
     let known = rows.iter().filter(|r| r.2.is_some()).count();
     assert_eq!(
@@ -582,14 +585,16 @@ fn a_control_plane_killed_mid_issuance_resumes_without_duplicate_orders() {
     assert!(live.values().all(|n| *n == 1), "{live:?}");
 }
 
-/// (hostname, key type, order URL, state) of every stored order.
-async fn orders_in_store(dir: &Path) -> Vec<(String, String, Option<String>, String)> {
+/// (hostname, key type, order URL, state) of every stored order of `hosts`.
+async fn orders_in_store(
+    url: &str,
+    hosts: &[String],
+) -> Vec<(String, String, Option<String>, String)> {
     use certplane_store::Store as _;
-    let url = format!("sqlite://{}", dir.join("data/certplane.db").display());
-    let store = certplane_store::SqlStore::open(&url).await.expect("store");
+    let store = certplane_store::SqlStore::open(url).await.expect("store");
     let mut rows = Vec::new();
-    for i in 0..20 {
-        let host = certplane_domain::Hostname::parse(&format!("k{i}.example.com")).expect("host");
+    for host in hosts {
+        let host = certplane_domain::Hostname::parse(host).expect("host");
         for o in store.acme_orders(&host, 100).await.expect("orders") {
             rows.push((
                 o.hostname.to_string(),
@@ -765,6 +770,16 @@ fn renewal_before_expiry_switches_every_edge_without_a_failed_handshake() {
     let _ = edge.wait();
 }
 
+/// Kills and reaps a child process when dropped.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
@@ -773,4 +788,150 @@ impl Drop for KillOnDrop {
             .args(["-KILL", &self.0.to_string()])
             .status();
     }
+}
+
+/// The platform's own budget of the CA's limits: with room for one order per 3 hours, the
+/// ECDSA certificate is issued and the RSA order is held back, with `rate_limited_until` and a
+/// RATE_LIMITED error; a customer's check does not lift it.
+#[test]
+fn the_budget_holds_orders_back_with_rate_limited_until() {
+    let world = World::start(Setup {
+        extra_env: vec![("CERTPLANE_ACME_ORDERS_PER_3_HOURS", "1".into())],
+        ..Setup::default()
+    });
+    let host = "budget.example.com";
+    world.point(host, "127.0.0.1");
+    world.prove(host);
+    world.add(host);
+    world.check(host);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let limited = loop {
+        let detail = world.show(host);
+        if detail["rate_limited_until"].is_string() {
+            break detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{detail:#}\n{}",
+            world.serve_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(issued_types(&limited), ["ecdsa"], "{limited:#}");
+    assert_eq!(
+        limited["status"], "active",
+        "the ECDSA certificate is served"
+    );
+    let error = limited["validation_errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .find(|e| e["code"] == "RATE_LIMITED")
+        .unwrap_or_else(|| panic!("{limited:#}"))
+        .clone();
+    assert_eq!(error["key_type"], "rsa");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("3 hours")),
+        "{error:#}"
+    );
+    assert_eq!(world.new_orders_at_pebble(), 1);
+    let checked = world.check(host);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        world.new_orders_at_pebble(),
+        1,
+        "still held back after a check"
+    );
+    assert_eq!(checked["rate_limited_until"], limited["rate_limited_until"]);
+}
+
+/// Two control planes on one PostgreSQL database share the work through leases: every
+/// hostname is issued, both issued some, and Pebble saw exactly one order per hostname and key
+/// type, each one the store knows.
+#[test]
+fn two_control_planes_on_postgresql_never_order_twice() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (admin_url, name, url) = rt.block_on(certplane_test_support::create_postgres_database());
+    struct DropDb(String, String);
+    impl Drop for DropDb {
+        fn drop(&mut self) {
+            certplane_test_support::drop_postgres_database(&self.0, &self.1);
+        }
+    }
+    let _db = DropDb(admin_url, name);
+    // Both control planes seal and open keys with one master key.
+    let master = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+    let shared = vec![
+        ("CERTPLANE_DATABASE_URL", url.clone()),
+        ("CERTPLANE_MASTER_KEY", master.to_owned()),
+        ("CERTPLANE_ACME_CONCURRENCY", "2".to_owned()),
+    ];
+    let world = World::start(Setup {
+        extra_env: shared.clone(),
+        ..Setup::default()
+    });
+    // The second control plane: its own API, edge and data directory, the same database.
+    let second_dir = tempfile::tempdir().expect("tempdir");
+    let second_api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let second_log = std::fs::File::create(second_dir.path().join("serve.log")).expect("log");
+    let mut env = world.env();
+    for (key, value) in [
+        ("CERTPLANE_API_LISTEN", second_api.to_string()),
+        (
+            "CERTPLANE_EDGE_HTTPS_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ),
+        (
+            "CERTPLANE_EDGE_HTTP_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ),
+        ("CERTPLANE_DNS_LISTEN", format!("127.0.0.1:{}", free_port())),
+        ("CERTPLANE_EDGE_ID", "second-cp-edge".to_owned()),
+    ] {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value));
+    }
+    let second = Command::new(BIN)
+        .arg("serve")
+        .current_dir(second_dir.path())
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(second_log)
+        .spawn()
+        .expect("second serve");
+    let _second = ChildGuard(second);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(second_api).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the second control plane does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hosts: Vec<String> = (0..10).map(|i| format!("p{i}.example.com")).collect();
+    for host in &hosts {
+        world.point(host, "127.0.0.1");
+        world.prove(host);
+        world.add(host);
+    }
+    for host in &hosts {
+        world.check(host);
+    }
+    for host in &hosts {
+        world.wait_issued(host, Duration::from_secs(120));
+    }
+    let rows = world.rt.block_on(orders_in_store(&url, &hosts));
+    let known = rows.iter().filter(|r| r.2.is_some()).count();
+    assert_eq!(world.new_orders_at_pebble(), known, "{rows:#?}");
+    assert_eq!(known, 20, "one order per hostname and key type: {rows:#?}");
+    let second_log =
+        std::fs::read_to_string(second_dir.path().join("serve.log")).unwrap_or_default();
+    assert!(
+        world.serve_log().contains("ACME order created")
+            && second_log.contains("ACME order created"),
+        "both control planes issued:\n{}\n---\n{second_log}",
+        world.serve_log()
+    );
 }
