@@ -121,6 +121,9 @@ pub struct Issuer {
     account: Mutex<Option<Account>>,
     /// One new-order request at a time per account.
     new_orders: Mutex<()>,
+    /// Whether the CA's directory offers renewal information (ARI): learnt at the first
+    /// renewal-time lookup; only then do renewal orders say which certificate they replace.
+    ari: std::sync::atomic::AtomicBool,
     wake: Arc<Notify>,
 }
 
@@ -174,6 +177,7 @@ impl Issuer {
             opener,
             account: Mutex::new(None),
             new_orders: Mutex::new(()),
+            ari: std::sync::atomic::AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
         })
     }
@@ -513,6 +517,7 @@ impl Issuer {
         {
             match account.renewal_info(&id).await {
                 Ok((info, _)) => {
+                    self.ari.store(true, std::sync::atomic::Ordering::Relaxed);
                     let window = &info.suggested_window;
                     return policy::ari_renew_at(
                         window.start.unix_timestamp(),
@@ -639,13 +644,13 @@ impl Issuer {
                     if let Some(found) = self.recover(account, &order).await? {
                         (found, false)
                     } else {
-                        match self.create(account, &order).await? {
+                        match self.create(account, &order, app.id).await? {
                             Ok(o) => (o, true),
                             Err(step) => return Ok(step),
                         }
                     }
                 } else {
-                    match self.create(account, &order).await? {
+                    match self.create(account, &order, app.id).await? {
                         Ok(o) => (o, true),
                         Err(step) => return Ok(step),
                     }
@@ -807,11 +812,30 @@ impl Issuer {
         &self,
         account: &Account,
         order: &AcmeOrderRecord,
+        app: AppId,
     ) -> Result<Result<Order, Step>, StoreError> {
         let identifiers = [Identifier::Dns(order.hostname.as_str().to_owned())];
+        // A renewal says which certificate it replaces (RFC 9773 §5), when the CA does ARI.
+        let replaced = if order.renewal && self.ari.load(std::sync::atomic::Ordering::Relaxed) {
+            self.store
+                .certificates(app, &order.hostname)
+                .await?
+                .into_iter()
+                .find(|c| c.cert.source == CertSource::Acme && c.cert.key_type == order.key_type)
+                .and_then(|c| leaf_der(&c.cert.chain_pem))
+        } else {
+            None
+        };
+        let replaces = replaced
+            .as_ref()
+            .and_then(|leaf| instant_acme::CertificateIdentifier::try_from(leaf).ok());
+        let mut request = NewOrder::new(&identifiers);
+        if let Some(id) = replaces {
+            request = request.replaces(id);
+        }
         let (created, seen) = {
             let _one_at_a_time = self.new_orders.lock().await;
-            crate::observe(account.new_order(&NewOrder::new(&identifiers))).await
+            crate::observe(account.new_order(&request)).await
         };
         match created {
             Ok(ca_order) => {

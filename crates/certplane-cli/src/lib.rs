@@ -460,6 +460,24 @@ fn show(detail: &CertificateDetail, out: &mut dyn Write, with_setup: bool) -> Re
     if let Some(until) = &detail.rate_limited_until {
         fields.push(("Rate limited until", until.clone()));
     }
+    if let Some(order) = &detail.acme_order {
+        let renewal = if order.renewal { ", renewal" } else { "" };
+        fields.push((
+            "ACME order",
+            format!(
+                "{} ({} {}{renewal}, {})",
+                order.state, order.key_type, order.challenge, order.updated_at
+            ),
+        ));
+    }
+    if let Some(next) = &detail.next_issuance_at {
+        fields.push(("Next issuance", next.clone()));
+    }
+    if let Some(ca) = &detail.certificate_authority
+        && detail.acme_requested
+    {
+        fields.push(("Certificate authority", ca.clone()));
+    }
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &fields {
         writeln!(out, "{k:<width$}  {v}")?;
