@@ -243,15 +243,22 @@ impl Issuer {
             let owner = self.settings.owner.clone();
             let hostname = hostname.clone();
             async move {
+                // The lease runs until `held_until`; stop working well before another node may
+                // take the hostname over.
+                let mut held_until = tokio::time::Instant::now() + lease;
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     let until = unix_now() + lease.as_secs() as i64;
+                    let asked = tokio::time::Instant::now();
                     match store.renew_acme_lease(&hostname, &owner, until).await {
-                        Ok(true) => {}
+                        Ok(true) => held_until = asked + lease,
                         Ok(false) => return,
                         Err(e) => {
                             tracing::warn!(%hostname, error = %e, "renewing an ACME lease failed")
                         }
+                    }
+                    if tokio::time::Instant::now() + lease / 3 >= held_until {
+                        return;
                     }
                 }
             }
@@ -267,14 +274,9 @@ impl Issuer {
             Ok(Some(release)) => release,
             Ok(None) => return,
             Err(e) => {
-                tracing::error!(%hostname, error = %e, "ACME work failed on the store");
-                AcmeRelease {
-                    next_at: unix_now() + CA_RETRY,
-                    failures: 0,
-                    rate_limited_until: None,
-                    errors: None,
-                    status: None,
-                }
+                // The hostname's state stays as stored; it is due again when the lease ends.
+                tracing::error!(%hostname, error = %e, "ACME work failed on the store; retried when the lease ends");
+                return;
             }
         };
         if let Err(e) = self
@@ -368,7 +370,7 @@ impl Issuer {
                         // Ownership is re-verified before a renewal: a name that moved away
                         // gets no new certificate (the check records the loss).
                         match self.verifier.check_now(&org, &app, &record).await? {
-                            Some((fresh, _)) if fresh.ownership_verified => {
+                            Some((fresh, report)) if report.ownership_verified => {
                                 record = fresh;
                                 reverified = true;
                             }
@@ -492,13 +494,14 @@ impl Issuer {
                 }
                 Step::Retry(error) => {
                     push(&mut errors, *error);
-                    let next = unix_now() + policy::backoff(failures + 1);
+                    let failures = failures + 1;
                     return Ok(Some(AcmeRelease {
-                        next_at: next,
-                        failures: failures + 1,
+                        next_at: unix_now() + policy::transient_backoff(failures),
+                        failures,
                         rate_limited_until: None,
                         errors: errors_json(&errors),
-                        status: None,
+                        // A glitch keeps `issuing`; an error that persists is a failure.
+                        status: (failures >= 3).then_some(CertificateStatus::Failed),
                     }));
                 }
             }
@@ -624,7 +627,17 @@ impl Issuer {
         let (mut ca_order, fresh) = match order.order_url.clone() {
             Some(url) => match crate::observe(account.order(url)).await {
                 (Ok(o), _) => (o, false),
-                (Err(instant_acme::Error::Api(problem)), _) => {
+                (Err(instant_acme::Error::Api(problem)), seen) => {
+                    if is_rate_limited(&problem) {
+                        return Ok(self.rate_limited(&order, round, &problem, seen.retry_after));
+                    }
+                    if problem.status != Some(404) {
+                        return Ok(Step::Retry(self.transient(
+                            &order,
+                            round,
+                            &instant_acme::Error::Api(problem),
+                        )));
+                    }
                     // Gone or expired at the CA: it is dead, a new one follows.
                     self.kill(&order, &problem_text(&problem)).await?;
                     return Ok(Step::Dead(
@@ -668,6 +681,32 @@ impl Issuer {
                         .await
                     {
                         Ok(()) => {}
+                        Err(Failure::Api(problem)) => {
+                            // An error answer alone does not say the validation failed: the
+                            // order's state does.
+                            match ca_order.refresh().await.map(|state| state.status) {
+                                Ok(OrderStatus::Invalid) => {}
+                                Ok(_) => {
+                                    break Step::Retry(self.transient(
+                                        &order,
+                                        round,
+                                        &instant_acme::Error::Api(problem),
+                                    ));
+                                }
+                                Err(e) => break Step::Retry(self.transient(&order, round, &e)),
+                            }
+                            let (code, message, remediation) = policy::classify(
+                                problem.r#type.as_deref().unwrap_or_default(),
+                                problem.detail.as_deref().unwrap_or_default(),
+                                Some(choice),
+                                &self.hints(app, hostname),
+                            );
+                            tracing::info!(%hostname, challenge = choice.as_str(), %code, detail = %problem_text(&problem), "validation failed");
+                            self.kill(&order, &problem_text(&problem)).await?;
+                            let mut error = attempt(&code, message, &remediation, Some(&problem));
+                            error.remediation = remediation;
+                            break Step::Dead(error, true);
+                        }
                         Err(Failure::Validation(problem)) => {
                             let (code, message, remediation) = policy::classify(
                                 problem.r#type.as_deref().unwrap_or_default(),
@@ -693,6 +732,19 @@ impl Issuer {
                 OrderStatus::Ready => {
                     let key = match self.csr_key(&order).await {
                         Ok(k) => k,
+                        Err(StoreError::Corrupt(why)) => {
+                            // Unusable key (e.g. sealed under a retired master key): a new
+                            // order, not a loop.
+                            self.kill(&order, &why).await?;
+                            break Step::Dead(
+                                Box::new(self.internal(
+                                    &order,
+                                    round,
+                                    &format!("the order's key is unusable: {why}"),
+                                )),
+                                false,
+                            );
+                        }
                         Err(e) => {
                             self.withdraw(hostname, &published).await;
                             return Err(e);
@@ -745,7 +797,9 @@ impl Issuer {
                         .timeout(self.settings.validation_timeout);
                     let chain = match crate::observe(ca_order.poll_certificate(&retries)).await {
                         (Ok(chain), _) => chain,
-                        (Err(instant_acme::Error::Api(problem)), _) => {
+                        (Err(instant_acme::Error::Api(problem)), _)
+                            if ca_order.state().status == OrderStatus::Invalid =>
+                        {
                             self.kill(&order, &problem_text(&problem)).await?;
                             break Step::Dead(
                                 attempt(
@@ -800,9 +854,11 @@ impl Issuer {
                 }
             }
         };
-        self.withdraw(hostname, &published).await;
-        if !published.is_empty() {
-            self.edges.poke();
+        if matches!(step, Step::Stored | Step::Dead(..)) {
+            self.withdraw(hostname, &published).await;
+            if !published.is_empty() {
+                self.edges.poke();
+            }
         }
         Ok(step)
     }
@@ -1061,7 +1117,7 @@ impl Issuer {
                     match challenge.set_ready().await {
                         Ok(()) => {}
                         Err(instant_acme::Error::Api(problem)) => {
-                            return Err(Failure::Validation(problem));
+                            return Err(Failure::Api(problem));
                         }
                         Err(e) => return Err(Failure::Other(e)),
                     }
@@ -1091,7 +1147,7 @@ impl Issuer {
             }
             Ok(_) => Ok(()),
             // The order (or its authorization) carries the CA's verdict.
-            Err(instant_acme::Error::Api(problem)) => Err(Failure::Validation(problem)),
+            Err(instant_acme::Error::Api(problem)) => Err(Failure::Api(problem)),
             Err(e) => Err(Failure::Other(e)),
         }
     }
@@ -1159,7 +1215,15 @@ impl Issuer {
         let pkcs8 = self.csr_key(&order).await?;
         let key_pem = zeroize::Zeroizing::new(certplane_import::pem("PRIVATE KEY", &pkcs8));
         let now = unix_now();
-        let bundle = match certplane_import::validate(chain, &key_pem, hostname, now) {
+        // A CA whose clock runs a little ahead issues certificates valid from a moment from
+        // now: allow five minutes.
+        let validated = match certplane_import::validate(chain, &key_pem, hostname, now) {
+            Err(e) if e.code() == "CERT_NOT_YET_VALID" => {
+                certplane_import::validate(chain, &key_pem, hostname, now + 300)
+            }
+            other => other,
+        };
+        let bundle = match validated {
             Ok(bundle) => bundle,
             Err(e) => return Ok(Err(format!("{}: {}", e.code(), e.message))),
         };
@@ -1305,7 +1369,10 @@ impl Published {
 }
 
 enum Failure {
+    /// The CA says the validation failed.
     Validation(Problem),
+    /// The CA answered with a problem; whether the validation failed, the order's state says.
+    Api(Problem),
     Other(instant_acme::Error),
     Store(StoreError),
 }

@@ -438,10 +438,14 @@ fn retry_after(headers: &http::HeaderMap) -> Option<std::time::SystemTime> {
         .to_str()
         .ok()?
         .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(std::time::SystemTime::now() + Duration::from_secs(secs));
-    }
-    httpdate::parse_http_date(value).ok()
+    // At most a week: an absurd value must not park a hostname for good.
+    let now = std::time::SystemTime::now();
+    let latest = now + Duration::from_secs(7 * 86_400);
+    let at = match value.parse::<u64>() {
+        Ok(secs) => now.checked_add(Duration::from_secs(secs)).unwrap_or(latest),
+        Err(_) => httpdate::parse_http_date(value).ok()?,
+    };
+    Some(at.min(latest))
 }
 
 fn next_link(headers: &http::HeaderMap) -> Option<String> {
@@ -563,6 +567,29 @@ mod tests {
             "{error:?}"
         );
         assert_no_secret(&error);
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date_capped_at_a_week() {
+        let now = std::time::SystemTime::now();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, "120".parse().expect("value"));
+        let at = retry_after(&headers).expect("parsed");
+        let secs = at.duration_since(now).expect("future").as_secs();
+        assert!((119..=121).contains(&secs), "{secs}");
+        headers.insert(
+            http::header::RETRY_AFTER,
+            "18446744073709551615".parse().expect("value"),
+        );
+        let capped = retry_after(&headers).expect("capped");
+        assert!(capped.duration_since(now).expect("future").as_secs() <= 7 * 86_400 + 1);
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(3_600));
+        headers.insert(http::header::RETRY_AFTER, date.parse().expect("value"));
+        let at = retry_after(&headers).expect("date");
+        let secs = at.duration_since(now).expect("future").as_secs();
+        assert!((3_598..=3_600).contains(&secs), "{secs}");
+        headers.insert(http::header::RETRY_AFTER, "soon".parse().expect("value"));
+        assert!(retry_after(&headers).is_none());
     }
 
     #[test]

@@ -80,6 +80,16 @@ pub fn backoff(failures: i64) -> i64 {
     }
 }
 
+/// Seconds to wait after the `failures`-th attempt in a row that ended on a transient error (the
+/// CA unreachable, a timeout, a 5xx): soon at first (5 s, 30 s), then the failure back-off.
+pub fn transient_backoff(failures: i64) -> i64 {
+    match failures {
+        i64::MIN..=1 => 5,
+        2 => 30,
+        n => backoff(n - 2),
+    }
+}
+
 /// When to renew a certificate valid from `not_before` to `not_after` without renewal
 /// information from the CA: when a third of its lifetime remains, moved earlier by up to a
 /// twelfth of the lifetime (`spread` in `[0, 1)`), so that certificates issued together do
@@ -368,6 +378,12 @@ mod tests {
     fn back_off_is_1_10_100_minutes_then_daily() {
         let steps: Vec<i64> = (1..=6).map(backoff).collect();
         assert_eq!(steps, vec![60, 600, 6_000, 86_400, 86_400, 86_400]);
+    }
+
+    #[test]
+    fn transient_errors_retry_soon_then_back_off() {
+        let steps: Vec<i64> = (1..=6).map(transient_backoff).collect();
+        assert_eq!(steps, vec![5, 30, 60, 600, 6_000, 86_400]);
     }
 
     #[test]

@@ -289,7 +289,13 @@ fn issuer(
     let client = Arc::new(acme_client_config(config)?);
     let acme = &config.acme;
     let mut settings = IssuerSettings::new(
-        format!("{}:{}", default_edge_id(config), std::process::id()),
+        // Unique per process, even for two containers with the same edge id and PID.
+        format!(
+            "{}:{}:{:08x}",
+            default_edge_id(config),
+            std::process::id(),
+            rand::random::<u32>()
+        ),
         platform.challenge_zone.as_str().to_owned(),
     );
     settings.directory_url = acme.directory_url.clone();

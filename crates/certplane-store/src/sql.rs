@@ -1756,7 +1756,7 @@ impl Store for SqlStore {
             Backend::Sqlite => "",
         };
         let rows = sqlx::query(&format!(
-            "UPDATE hostnames SET acme_lease_owner = $1, acme_lease_until = $4 WHERE id IN \
+            "UPDATE hostnames SET acme_lease_owner = $1, acme_lease_until = $4, acme_next_at = $4 WHERE id IN \
              (SELECT id FROM hostnames WHERE acme_requested = 1 AND ownership_verified = 1 \
               AND acme_next_at <= $2 AND acme_lease_until <= $2 \
               ORDER BY acme_next_at LIMIT $3{lock}) \
@@ -1797,8 +1797,13 @@ impl Store for SqlStore {
     ) -> Result<Option<HostnameRecord>, StoreError> {
         let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
-            "UPDATE hostnames SET acme_lease_owner = NULL, acme_lease_until = 0, acme_next_at = $1, \
-             acme_failures = $2, rate_limited_until = $3, acme_errors = $4 \
+            // A wake during the lease (a customer's check: acme_next_at set to 0; the claim
+            // set it to the lease's end) wins over the round's schedule and back-off.
+            "UPDATE hostnames SET acme_lease_owner = NULL, acme_lease_until = 0, \
+             acme_next_at = CASE WHEN acme_next_at = 0 THEN 0 ELSE $1 END, \
+             acme_failures = CASE WHEN acme_next_at = 0 THEN 0 ELSE $2 END, \
+             rate_limited_until = $3, \
+             acme_errors = CASE WHEN acme_next_at = 0 THEN NULL ELSE $4 END \
              WHERE app_id = $5 AND hostname = $6 AND acme_lease_owner = $7",
         )
         .bind(release.next_at)
@@ -1847,8 +1852,9 @@ impl Store for SqlStore {
     }
 
     async fn wake_acme(&self, hostname: &Hostname, reset: bool) -> Result<(), StoreError> {
+        // A reset starts a new round: the failed attempts' challenge types are tried again.
         let sql = if reset {
-            "UPDATE hostnames SET acme_next_at = 0, acme_failures = 0 WHERE hostname = $1"
+            "UPDATE hostnames SET acme_next_at = 0, acme_failures = 0, acme_errors = NULL WHERE hostname = $1"
         } else {
             "UPDATE hostnames SET acme_next_at = 0 WHERE hostname = $1"
         };
@@ -1951,7 +1957,19 @@ impl Store for SqlStore {
         registered_domain: &str,
     ) -> Result<Option<HostnameRecord>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        if hostname_row(&mut tx, app, hostname).await?.is_none() {
+        // ACME given up (or the hostname gone) while the order ran: nothing is stored.
+        match hostname_row(&mut tx, app, hostname).await? {
+            Some(record) if record.acme_requested => {}
+            _ => return Ok(None),
+        }
+        let open: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM acme_orders WHERE id = $1 AND hostname = $2 AND state NOT IN ('done', 'dead')",
+        )
+        .bind(order_id)
+        .bind(hostname.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if open.is_none() {
             return Ok(None);
         }
         sqlx::query(

@@ -1935,12 +1935,28 @@ async fn acme_work_is_leased_to_one_worker(db: &TestDb) {
     };
     assert!(!due(now + 100).await);
     store.wake_acme(&h, true).await.expect("wake");
-    assert!(due(now + 100).await);
     let record = store
         .hostname(app.id, &h)
         .await
         .expect("read")
         .expect("there");
+    assert_eq!(record.acme_failures, 0);
+    assert_eq!(record.acme_errors, None, "a reset starts a new round");
+    assert!(due(now + 100).await);
+    // A wake while a worker holds the lease outlives that worker's release.
+    let h2 = host("i1.issuer.example");
+    let held = store
+        .claim_acme_work("late", now + 200, 100, now + 260)
+        .await
+        .expect("claim");
+    assert!(held.iter().any(|(_, x)| x == &h2), "{held:?}");
+    store.wake_acme(&h2, true).await.expect("wake");
+    let record = store
+        .release_acme_work(app.id, &h2, "late", &release)
+        .await
+        .expect("release")
+        .expect("held");
+    assert_eq!(record.acme_next_at, 0, "the wake wins");
     assert_eq!(record.acme_failures, 0);
 }
 

@@ -669,7 +669,7 @@ fn a_failed_validation_backs_off_until_the_records_are_fixed_and_checked() {
 #[test]
 fn renewal_before_expiry_switches_every_edge_without_a_failed_handshake() {
     let world = World::start(Setup {
-        validity_seconds: Some(30),
+        validity_seconds: Some(60),
         ..Setup::default()
     });
     let host = "renew.example.com";
@@ -727,7 +727,7 @@ fn renewal_before_expiry_switches_every_edge_without_a_failed_handshake() {
             // (edge, key type) pairs serving a renewed certificate.
             let mut switched = [[false, false], [false, false]];
             let mut count = 0u32;
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = Instant::now() + Duration::from_secs(90);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 for (i, addr) in edges.iter().enumerate() {
                     for (j, offer) in [Offer::Ecdsa, Offer::Rsa].into_iter().enumerate() {
