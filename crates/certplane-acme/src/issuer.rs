@@ -467,10 +467,22 @@ impl Issuer {
                     return Ok(Some(keep(&record, unix_now() + CA_RETRY, errors)));
                 }
             };
+            let first_ecdsa = order.key_type == "ecdsa" && !order.renewal;
             match self.drive(&account, &app, &record, order, failures).await? {
                 Step::Stored => {
                     // This key type is done; its errors are history.
                     errors.clear();
+                    // Served now (ECDSA first): let hostnames still waiting for their first
+                    // certificate go before this one's RSA certificate.
+                    if first_ecdsa {
+                        return Ok(Some(AcmeRelease {
+                            next_at: unix_now(),
+                            failures: 0,
+                            rate_limited_until: None,
+                            errors: None,
+                            status: None,
+                        }));
+                    }
                     if let Some(fresh) = store.hostname(app_id, hostname).await? {
                         record = fresh;
                     }

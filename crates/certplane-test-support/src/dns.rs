@@ -7,11 +7,20 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port, for both TCP and UDP.
+/// A free loopback port, for both TCP and UDP, for a server a test starts next.
+///
+/// Drawn at random from 20000–32767, below the kernel's ephemeral range (32768–60999 here):
+/// a port the kernel handed out (`bind(0)`) is free again once returned and can be taken by any
+/// outgoing connection before the server binds it; tests make thousands of connections.
 pub fn free_port() -> u16 {
-    for _ in 0..64 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..256 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let port = 20_000 + (hasher.finish() % 12_768) as u16;
+        let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

@@ -71,8 +71,7 @@ impl Drop for Serve {
 }
 
 fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    SocketAddr::from(([127, 0, 0, 1], certplane_test_support::dns::free_port()))
 }
 
 fn cli(serve: &Serve, token: &str, args: &[&str]) -> Output {
