@@ -328,8 +328,9 @@ impl Issuer {
         let mut reverified = false;
         for _ in 0..STEPS_PER_LEASE {
             let orders = store.acme_orders(hostname, 20).await?;
-            let order = match orders.iter().find(|o| o.state.is_open()) {
-                Some(open) => open.clone(),
+            // `fresh`: inserted by this lease, so a `creating` row is surely not at the CA yet.
+            let (order, fresh) = match orders.iter().find(|o| o.state.is_open()) {
+                Some(open) => (open.clone(), false),
                 None => {
                     let certs: Vec<CertificateRecord> = store
                         .certificates(app_id, hostname)
@@ -437,7 +438,7 @@ impl Issuer {
                         });
                         return Ok(Some(limited(&record, over.until, errors)));
                     }
-                    store
+                    let inserted = store
                         .insert_acme_order(
                             hostname,
                             key_type,
@@ -445,7 +446,8 @@ impl Issuer {
                             choice.as_str(),
                             &registered,
                         )
-                        .await?
+                        .await?;
+                    (inserted, true)
                 }
             };
             // `issuing` while the order runs (a hostname with a certificate stays `active`).
@@ -468,7 +470,10 @@ impl Issuer {
                 }
             };
             let first_ecdsa = order.key_type == "ecdsa" && !order.renewal;
-            match self.drive(&account, &app, &record, order, failures).await? {
+            match self
+                .drive(&account, &app, &record, order, fresh, failures)
+                .await?
+            {
                 Step::Stored => {
                     // This key type is done; its errors are history.
                     errors.clear();
@@ -611,6 +616,7 @@ impl Issuer {
         app: &App,
         record: &HostnameRecord,
         order: AcmeOrderRecord,
+        fresh: bool,
         round: i64,
     ) -> Result<Step, StoreError> {
         let hostname = &record.hostname;
@@ -636,9 +642,9 @@ impl Issuer {
                 })
             };
         // The order at the CA: created now, recovered, or fetched again.
-        let (mut ca_order, fresh) = match order.order_url.clone() {
+        let mut ca_order = match order.order_url.clone() {
             Some(url) => match crate::observe(account.order(url)).await {
-                (Ok(o), _) => (o, false),
+                (Ok(o), _) => o,
                 (Err(instant_acme::Error::Api(problem)), seen) => {
                     if is_rate_limited(&problem) {
                         return Ok(self.rate_limited(&order, round, &problem, seen.retry_after));
@@ -665,24 +671,24 @@ impl Issuer {
                 (Err(e), _) => return Ok(Step::Retry(self.transient(&order, round, &e))),
             },
             None => {
-                if order.created_at < unix_now() - 1 || order.updated_at != order.created_at {
+                // A row left `creating` by an earlier lease may be at the CA already.
+                if !fresh {
                     if let Some(found) = self.recover(account, &order).await? {
-                        (found, false)
+                        found
                     } else {
                         match self.create(account, &order, app.id).await? {
-                            Ok(o) => (o, true),
+                            Ok(o) => o,
                             Err(step) => return Ok(step),
                         }
                     }
                 } else {
                     match self.create(account, &order, app.id).await? {
-                        Ok(o) => (o, true),
+                        Ok(o) => o,
                         Err(step) => return Ok(step),
                     }
                 }
             }
         };
-        let _ = fresh;
         let mut published = Published::default();
         let step = loop {
             let status = ca_order.state().status;
