@@ -36,7 +36,7 @@ use certplane_secrets::{MasterKeys, Sealed};
 use certplane_store::{
     AcmeLedgerEntry, AcmeOrderRecord, AcmeOrderState, AcmeOrderUpdate, AcmeRelease, App, AppId,
     CertSource, CertificateRecord, ChallengeKind, ChallengeRecord, HostnameRecord, NewCertificate,
-    Store, StoreError, sealing_context,
+    OrderBudget, Store, StoreError, sealing_context,
 };
 use futures_core_like::BoxFuture;
 use instant_acme::{
@@ -407,46 +407,54 @@ impl Issuer {
                         }
                         return Ok(Some(self.round_failed(&record, errors)));
                     };
-                    let (spent, orders) = store
-                        .acme_ledger(&registered, now - 7 * 86_400, now - 3 * 3_600)
-                        .await?;
-                    let spent: Vec<Spent> = spent
-                        .into_iter()
-                        .map(|e| Spent {
-                            kind: e.kind,
-                            names: e.names,
-                            at: e.at,
-                        })
-                        .collect();
-                    if let Err(over) = policy::budget(
-                        &self.settings.limits,
-                        hostname.as_str(),
-                        &spent,
-                        &orders,
-                        now,
-                    ) {
-                        tracing::warn!(%hostname, until = over.until, reason = %over.message, "holding back an order: the CA's limit");
-                        push(&mut errors, AttemptError {
-                            code: "RATE_LIMITED".into(),
-                            message: format!("no order sent: {}", over.message),
-                            remediation: "Nothing to do: the platform sends the order by itself once the CA's limit allows it (see rate_limited_until).".into(),
-                            at: now,
-                            challenge: None,
-                            key_type: key_type.into(),
-                            round: failures,
-                            problem: None,
-                        });
-                        return Ok(Some(limited(&record, over.until, errors)));
-                    }
-                    let inserted = store
+                    // The CA's limits, checked against the ledger in the order's own
+                    // transaction (serialised across control planes).
+                    let limits = self.settings.limits;
+                    let names = hostname.as_str().to_owned();
+                    let check = move |entries: &[AcmeLedgerEntry], orders: &[i64]| {
+                        let spent: Vec<Spent> = entries
+                            .iter()
+                            .map(|e| Spent {
+                                kind: e.kind.clone(),
+                                names: e.names.clone(),
+                                at: e.at,
+                            })
+                            .collect();
+                        policy::budget(&limits, &names, &spent, orders, now)
+                            .map_err(|over| (over.until, over.message))
+                    };
+                    let budget = OrderBudget {
+                        since: now - 7 * 86_400,
+                        orders_since: now - 3 * 3_600,
+                        check: &check,
+                    };
+                    let inserted = match store
                         .insert_acme_order(
                             hostname,
                             key_type,
                             renewal,
                             choice.as_str(),
                             &registered,
+                            Some(&budget),
                         )
-                        .await?;
+                        .await?
+                    {
+                        Ok(inserted) => inserted,
+                        Err((until, why)) => {
+                            tracing::warn!(%hostname, until, reason = %why, "holding back an order: the CA's limit");
+                            push(&mut errors, AttemptError {
+                                code: "RATE_LIMITED".into(),
+                                message: format!("no order sent: {why}"),
+                                remediation: "Nothing to do: the platform sends the order by itself once the CA's limit allows it (see rate_limited_until).".into(),
+                                at: now,
+                                challenge: None,
+                                key_type: key_type.into(),
+                                round: failures,
+                                problem: None,
+                            });
+                            return Ok(Some(limited(&record, until, errors)));
+                        }
+                    };
                     (inserted, true)
                 }
             };

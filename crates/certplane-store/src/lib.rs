@@ -326,7 +326,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<AcmeOrderRecord>, StoreError>;
 
     /// Stores a new order in state `creating` (before the new-order request) and counts it in
-    /// the ledger under `registered_domain`.
+    /// the ledger under `registered_domain`. With a `budget`, its check sees the ledger in the
+    /// same transaction, serialised with every other control plane's, and may refuse with
+    /// `(until, why)`: then nothing is stored.
     async fn insert_acme_order(
         &self,
         hostname: &Hostname,
@@ -334,7 +336,8 @@ pub trait Store: Send + Sync + 'static {
         renewal: bool,
         challenge: &str,
         registered_domain: &str,
-    ) -> Result<AcmeOrderRecord, StoreError>;
+        budget: Option<&OrderBudget<'_>>,
+    ) -> Result<Result<AcmeOrderRecord, (i64, String)>, StoreError>;
 
     /// Applies `update` to an order.
     async fn update_acme_order(&self, id: i64, update: &AcmeOrderUpdate) -> Result<(), StoreError>;
@@ -371,6 +374,26 @@ pub trait Store: Send + Sync + 'static {
     /// The propagation log's identity, drawn on first call and kept with the database: revision
     /// numbers compare only within one log (a restored backup is another log).
     async fn log_id(&self) -> Result<String, StoreError>;
+}
+
+/// The CA's limits, checked against the ledger when an order is stored.
+pub struct OrderBudget<'a> {
+    /// Ledger entries of the registered domain after this time are shown to `check`.
+    pub since: i64,
+    /// The account's orders after this time are shown to `check`.
+    pub orders_since: i64,
+    /// `Err((until, why))` refuses the order.
+    #[allow(clippy::type_complexity)]
+    pub check: &'a (dyn Fn(&[AcmeLedgerEntry], &[i64]) -> Result<(), (i64, String)> + Send + Sync),
+}
+
+impl std::fmt::Debug for OrderBudget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderBudget")
+            .field("since", &self.since)
+            .field("orders_since", &self.orders_since)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What [`Store::delete_hostname`] did.

@@ -25,7 +25,7 @@ use crate::{
     AcmeAccountRecord, AcmeLedgerEntry, AcmeOrderRecord, AcmeOrderState, AcmeOrderUpdate,
     AcmeRelease, App, AppId, CertSource, CertificateRecord, ChallengeKind, ChallengeRecord,
     CheckUpdate, DeleteOutcome, EdgeApp, EdgeHostRecord, EdgeRecord, HostnameRecord,
-    NewCertificate, Org, OrgId, Page, Principal, Store, StoreError, TokenKind,
+    NewCertificate, OrderBudget, Org, OrgId, Page, Principal, Store, StoreError, TokenKind,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1887,8 +1887,28 @@ impl Store for SqlStore {
         renewal: bool,
         challenge: &str,
         registered_domain: &str,
-    ) -> Result<AcmeOrderRecord, StoreError> {
+        budget: Option<&OrderBudget<'_>>,
+    ) -> Result<Result<AcmeOrderRecord, (i64, String)>, StoreError> {
         let mut tx = self.writer.begin().await?;
+        if let Some(budget) = budget {
+            // Budget and order in one transaction, one at a time across control planes (SQLite
+            // has one writer): two nodes cannot both take the last order a limit allows.
+            if self.backend == Backend::Postgres {
+                sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock(72437002)) AS serialised")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let (entries, orders) = ledger_rows(
+                &mut tx,
+                registered_domain,
+                budget.since,
+                budget.orders_since,
+            )
+            .await?;
+            if let Err(refused) = (budget.check)(&entries, &orders) {
+                return Ok(Err(refused));
+            }
+        }
         let at = now();
         let row = sqlx::query(&format!(
             "INSERT INTO acme_orders (hostname, key_type, renewal, challenge, state, created_at, updated_at) \
@@ -1914,7 +1934,7 @@ impl Store for SqlStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(record)
+        Ok(Ok(record))
     }
 
     async fn update_acme_order(&self, id: i64, update: &AcmeOrderUpdate) -> Result<(), StoreError> {
@@ -2015,13 +2035,27 @@ impl Store for SqlStore {
         since: i64,
         orders_since: i64,
     ) -> Result<(Vec<AcmeLedgerEntry>, Vec<i64>), StoreError> {
+        let mut conn = self.reader.acquire().await?;
+        ledger_rows(&mut conn, registered_domain, since, orders_since).await
+    }
+}
+
+/// The ledger's entries for a registered domain since `since`, and the times of every order
+/// since `orders_since`.
+async fn ledger_rows(
+    conn: &mut AnyConnection,
+    registered_domain: &str,
+    since: i64,
+    orders_since: i64,
+) -> Result<(Vec<AcmeLedgerEntry>, Vec<i64>), StoreError> {
+    {
         let rows = sqlx::query(
             "SELECT kind, registered_domain, names, at FROM acme_ledger \
              WHERE registered_domain = $1 AND at > $2 ORDER BY at",
         )
         .bind(registered_domain)
         .bind(since)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *conn)
         .await?;
         let entries = rows
             .iter()
@@ -2038,7 +2072,7 @@ impl Store for SqlStore {
             "SELECT at FROM acme_ledger WHERE kind = 'order' AND at > $1 ORDER BY at",
         )
         .bind(orders_since)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *conn)
         .await?;
         Ok((entries, orders))
     }

@@ -9,8 +9,8 @@ use certplane_domain::{
 };
 use certplane_store::{
     AcmeLedgerEntry, AcmeOrderState, AcmeOrderUpdate, AcmeRelease, AppId, CertSource,
-    ChallengeKind, ChallengeRecord, CheckUpdate, DeleteOutcome, EdgeRecord, NewCertificate, Org,
-    Store, StoreError, TokenKind,
+    ChallengeKind, ChallengeRecord, CheckUpdate, DeleteOutcome, EdgeRecord, NewCertificate,
+    OrderBudget, Org, Store, StoreError, TokenKind,
 };
 use certplane_test_support::TestDb;
 
@@ -1974,9 +1974,10 @@ async fn acme_orders_step_by_step(db: &TestDb) {
         .await
         .expect("check");
     let order = store
-        .insert_acme_order(&h, "ecdsa", false, "tls-alpn-01", "orders.example")
+        .insert_acme_order(&h, "ecdsa", false, "tls-alpn-01", "orders.example", None)
         .await
-        .expect("insert");
+        .expect("insert")
+        .expect("no budget to keep");
     assert_eq!(order.state, AcmeOrderState::Creating);
     assert_eq!(order.order_url, None);
     let url = "https://ca.example/order/1";
@@ -2064,9 +2065,30 @@ async fn acme_orders_step_by_step(db: &TestDb) {
 
     // Giving up ACME drops the open orders with it.
     store
-        .insert_acme_order(&h, "rsa", false, "http-01", "orders.example")
+        .insert_acme_order(&h, "rsa", false, "http-01", "orders.example", None)
+        .await
+        .expect("insert")
+        .expect("no budget to keep");
+    // With a budget, its check sees the ledger and can refuse: then nothing is stored.
+    let refuse_after_two = |entries: &[AcmeLedgerEntry], orders: &[i64]| {
+        let domain_orders = entries.iter().filter(|e| e.kind == "order").count();
+        if domain_orders >= 2 && orders.len() >= 2 {
+            Err((42, "two orders is the limit".to_owned()))
+        } else {
+            Ok(())
+        }
+    };
+    let budget = OrderBudget {
+        since: 0,
+        orders_since: 0,
+        check: &refuse_after_two,
+    };
+    let refused = store
+        .insert_acme_order(&h, "rsa", false, "http-01", "orders.example", Some(&budget))
         .await
         .expect("insert");
+    assert_eq!(refused, Err((42, "two orders is the limit".to_owned())));
+    assert_eq!(store.acme_orders(&h, 10).await.expect("orders").len(), 2);
     store
         .delete_hostname(app.id, &h, DeleteScope::Acme)
         .await
