@@ -936,6 +936,15 @@ impl Issuer {
             }
             Err(instant_acme::Error::Api(problem)) => {
                 let round = 0;
+                if account_gone(&problem) {
+                    // The CA deactivated or lost the account: forget it, so the next attempt
+                    // registers a new one.
+                    tracing::warn!(account = %account.id(), problem = %problem_text(&problem), "the CA no longer accepts the platform's ACME account; a new one is made on the next attempt");
+                    self.store
+                        .remove_acme_account(&self.settings.directory_url, account.id())
+                        .await?;
+                    *self.account.lock().await = None;
+                }
                 if is_rate_limited(&problem) {
                     self.kill(order, &problem_text(&problem)).await?;
                     return Ok(Err(self.rate_limited(
@@ -1409,6 +1418,23 @@ fn clone_error(e: &instant_acme::Error) -> instant_acme::Error {
         instant_acme::Error::Api(p) => instant_acme::Error::Api(p.clone()),
         other => instant_acme::Error::Other(other.to_string().into()),
     }
+}
+
+/// Whether the CA says the account is gone (RFC 8555 `accountDoesNotExist`, or refused as
+/// deactivated or revoked).
+fn account_gone(problem: &Problem) -> bool {
+    let kind = problem.r#type.as_deref().unwrap_or_default();
+    let detail = problem
+        .detail
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    kind.ends_with(":accountDoesNotExist")
+        || (kind.ends_with(":unauthorized")
+            && detail.contains("account")
+            && (detail.contains("deactivated")
+                || detail.contains("revoked")
+                || detail.contains("not valid")))
 }
 
 fn is_rate_limited(problem: &Problem) -> bool {

@@ -261,6 +261,14 @@ pub trait Store: Send + Sync + 'static {
         account: &AcmeAccountRecord,
     ) -> Result<AcmeAccountRecord, StoreError>;
 
+    /// Forgets the account at `directory_url` if it is still `account_url` (the CA deactivated
+    /// or lost it: the next use creates a new one). `false` when another is stored.
+    async fn remove_acme_account(
+        &self,
+        directory_url: &str,
+        account_url: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Removes every edge challenge and DNS-01 value that expired before `now` (edge challenges
     /// with a revision, so edges stop answering them). Returns how many went.
     async fn purge_expired_challenges(&self, now: i64) -> Result<u64, StoreError>;

@@ -1568,6 +1568,20 @@ impl Store for SqlStore {
             .ok_or_else(|| StoreError::Corrupt("the stored ACME account vanished".into()))
     }
 
+    async fn remove_acme_account(
+        &self,
+        directory_url: &str,
+        account_url: &str,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM acme_accounts WHERE directory_url = $1 AND account_url = $2")
+                .bind(directory_url)
+                .bind(account_url)
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn purge_expired_challenges(&self, now: i64) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await?;
         let names: Vec<String> = sqlx::query_scalar(

@@ -935,3 +935,84 @@ fn two_control_planes_on_postgresql_never_order_twice() {
         world.serve_log()
     );
 }
+
+/// The CA deactivates the platform's account behind its back: the next order is refused, the
+/// platform forgets the account, registers a new one and issues.
+#[test]
+fn a_deactivated_account_is_replaced_by_a_new_one() {
+    let world = World::start(Setup::default());
+    let first = "before.example.com";
+    world.point(first, "127.0.0.1");
+    world.prove(first);
+    world.add(first);
+    world.check(first);
+    world.wait_issued(first, Duration::from_secs(60));
+
+    let directory = world.pebble.directory_url();
+    let db = format!(
+        "sqlite://{}",
+        world.dir.path().join("data/certplane.db").display()
+    );
+    let old_account = world.rt.block_on(async {
+        use certplane_store::Store as _;
+        let store = certplane_store::SqlStore::open(&db).await.expect("store");
+        let record = store
+            .acme_account(&directory)
+            .await
+            .expect("read")
+            .expect("stored");
+        store.close().await;
+        let keys = certplane_secrets::MasterKeys::load_or_create(
+            &world.dir.path().join("data/master-keys"),
+        )
+        .expect("master keys");
+        let credentials = keys
+            .open(
+                &certplane_secrets::Sealed {
+                    key_id: record.key_id.clone(),
+                    blob: record.credentials_sealed.clone(),
+                },
+                directory.as_bytes(),
+            )
+            .expect("opened");
+        let config = certplane_acme::AcmeClientConfig {
+            directory_url: directory.clone(),
+            ca_root_pem: Some(world.pebble.ca_pem()),
+            contact: Vec::new(),
+            eab: None,
+        };
+        let (account, _) = certplane_acme::Accounts::open(
+            &config,
+            Some(std::str::from_utf8(&credentials).expect("UTF-8")),
+        )
+        .await
+        .expect("restored");
+        account.deactivate().await.expect("deactivated at the CA");
+        record.account_url
+    });
+    let registrations = world.pebble.log().matches("POST /sign-me-up").count();
+
+    let second = "after.example.com";
+    world.point(second, "127.0.0.1");
+    world.prove(second);
+    world.add(second);
+    world.check(second);
+    world.wait_issued(second, Duration::from_secs(90));
+    assert_eq!(
+        world.pebble.log().matches("POST /sign-me-up").count(),
+        registrations + 1,
+        "a new account was registered"
+    );
+    let new_account = world.rt.block_on(async {
+        use certplane_store::Store as _;
+        let store = certplane_store::SqlStore::open(&db).await.expect("store");
+        let record = store
+            .acme_account(&directory)
+            .await
+            .expect("read")
+            .expect("stored");
+        store.close().await;
+        record.account_url
+    });
+    assert_ne!(new_account, old_account);
+}
