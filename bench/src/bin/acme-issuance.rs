@@ -470,24 +470,9 @@ async fn bare_row(challtestsrv: &ChallTestSrv) -> Result<Row, String> {
             }
         });
     }
-    let joined = tokio::time::timeout(BARE_TIMEOUT, async {
-        let mut issued = 0;
-        while let Some(result) = tasks.join_next().await {
-            issued += result.map_err(|e| e.to_string())??;
-        }
-        Ok::<_, String>(issued)
-    })
-    .await;
+    let joined = join_issued(&mut tasks, BARE_TIMEOUT, &pebble).await;
     let seconds = started.elapsed().as_secs_f64();
-    let issued = match joined {
-        Ok(result) => result?,
-        Err(_) => {
-            let (orders, done) = pebble_counts(&pebble);
-            return Err(format!(
-                "not done within {BARE_TIMEOUT:?} (Pebble: {orders} orders, {done} issued)"
-            ));
-        }
-    };
+    let issued = joined?;
     drop(server);
     Ok(Row {
         client: "bare instant-acme 0.8 loop (TCP_NODELAY, 50 ms first poll)".to_owned(),
@@ -662,26 +647,11 @@ async fn lego_measure(challtestsrv: &ChallTestSrv, client: &str) -> Result<Row, 
             }
         });
     }
-    let joined = tokio::time::timeout(LEGO_TIMEOUT, async {
-        let mut issued = 0;
-        while let Some(result) = tasks.join_next().await {
-            issued += result.map_err(|e| e.to_string())??;
-        }
-        Ok::<_, String>(issued)
-    })
-    .await;
+    let joined = join_issued(&mut tasks, LEGO_TIMEOUT, &pebble).await;
     let seconds = started.elapsed().as_secs_f64();
     // Dropping the tasks kills their lego processes (kill_on_drop).
     tasks.abort_all();
-    let issued = match joined {
-        Ok(result) => result?,
-        Err(_) => {
-            let (orders, done) = pebble_counts(&pebble);
-            return Err(format!(
-                "not done within {LEGO_TIMEOUT:?} (Pebble: {orders} orders, {done} issued)"
-            ));
-        }
-    };
+    let issued = joined?;
     Ok(Row {
         client: client.to_owned(),
         concurrency: format!("{CONCURRENCY} processes"),
@@ -1067,6 +1037,31 @@ async fn platform_measure(challtestsrv: &ChallTestSrv) -> Result<Row, String> {
         server_cpu_seconds: Some(server_cpu.as_secs_f64()),
         all_served_seconds: Some(served.values().copied().fold(0.0, f64::max)),
     })
+}
+
+/// Waits for the workers' counts of issued certificates, at most `timeout`: their sum.
+async fn join_issued(
+    tasks: &mut tokio::task::JoinSet<Result<usize, String>>,
+    timeout: Duration,
+    pebble: &Pebble,
+) -> Result<usize, String> {
+    let joined = tokio::time::timeout(timeout, async {
+        let mut issued = 0;
+        while let Some(result) = tasks.join_next().await {
+            issued += result.map_err(|e| e.to_string())??;
+        }
+        Ok::<_, String>(issued)
+    })
+    .await;
+    match joined {
+        Ok(result) => result,
+        Err(_) => {
+            let (orders, done) = pebble_counts(pebble);
+            Err(format!(
+                "not done within {timeout:?} (Pebble: {orders} orders, {done} issued)"
+            ))
+        }
+    }
 }
 
 /// What the platform says about a hostname that is not active (its status detail and

@@ -721,30 +721,14 @@ impl Issuer {
                                 }
                                 Err(e) => break Step::Retry(self.transient(&order, round, &e)),
                             }
-                            let (code, message, remediation) = policy::classify(
-                                problem.r#type.as_deref().unwrap_or_default(),
-                                problem.detail.as_deref().unwrap_or_default(),
-                                Some(choice),
-                                &self.hints(app, hostname),
-                            );
-                            tracing::info!(%hostname, challenge = choice.as_str(), %code, detail = %problem_text(&problem), "validation failed");
-                            self.kill(&order, &problem_text(&problem)).await?;
-                            let mut error = attempt(&code, message, &remediation, Some(&problem));
-                            error.remediation = remediation;
-                            break Step::Dead(error, true);
+                            break self
+                                .validation_failed(&order, app, choice, Some(&problem), round)
+                                .await?;
                         }
                         Err(Failure::Validation(problem)) => {
-                            let (code, message, remediation) = policy::classify(
-                                problem.r#type.as_deref().unwrap_or_default(),
-                                problem.detail.as_deref().unwrap_or_default(),
-                                Some(choice),
-                                &self.hints(app, hostname),
-                            );
-                            tracing::info!(%hostname, challenge = choice.as_str(), %code, detail = %problem_text(&problem), "validation failed");
-                            self.kill(&order, &problem_text(&problem)).await?;
-                            let mut error = attempt(&code, message, &remediation, Some(&problem));
-                            error.remediation = remediation;
-                            break Step::Dead(error, true);
+                            break self
+                                .validation_failed(&order, app, choice, Some(&problem), round)
+                                .await?;
                         }
                         Err(Failure::Other(e)) => {
                             break Step::Retry(self.transient(&order, round, &e));
@@ -801,6 +785,19 @@ impl Issuer {
                         (Err(instant_acme::Error::Api(problem)), seen) => {
                             if is_rate_limited(&problem) {
                                 break self.rate_limited(&order, round, &problem, seen.retry_after);
+                            }
+                            // Only an order the CA made invalid is dead; anything else (a nonce
+                            // refused once too often, a 5xx) is tried again with the same order.
+                            match ca_order.refresh().await.map(|state| state.status) {
+                                Ok(OrderStatus::Invalid) => {}
+                                Ok(_) => {
+                                    break Step::Retry(self.transient(
+                                        &order,
+                                        round,
+                                        &instant_acme::Error::Api(problem),
+                                    ));
+                                }
+                                Err(e) => break Step::Retry(self.transient(&order, round, &e)),
                             }
                             self.kill(&order, &problem_text(&problem)).await?;
                             break Step::Dead(
@@ -859,24 +856,11 @@ impl Issuer {
                     }
                 }
                 OrderStatus::Invalid => {
+                    // An order that died validating.
                     let problem = ca_order.state().error.clone();
-                    let text = problem
-                        .as_ref()
-                        .map_or_else(|| "the order is invalid".to_owned(), problem_text);
-                    self.kill(&order, &text).await?;
-                    // An order that died validating says why in its authorizations.
-                    let (code, message, remediation) = policy::classify(
-                        problem
-                            .as_ref()
-                            .and_then(|p| p.r#type.as_deref())
-                            .unwrap_or_default(),
-                        &text,
-                        Some(choice),
-                        &self.hints(app, hostname),
-                    );
-                    let mut error = attempt(&code, message, &remediation, problem.as_ref());
-                    error.remediation = remediation;
-                    break Step::Dead(error, true);
+                    break self
+                        .validation_failed(&order, app, choice, problem.as_ref(), round)
+                        .await?;
                 }
             }
         };
@@ -887,6 +871,43 @@ impl Issuer {
             }
         }
         Ok(step)
+    }
+
+    /// The CA found the `choice` challenge failed (`problem`, when it said why): the order is
+    /// dead, and the attempt's error says who must fix what.
+    async fn validation_failed(
+        &self,
+        order: &AcmeOrderRecord,
+        app: &App,
+        choice: ChallengeChoice,
+        problem: Option<&Problem>,
+        round: i64,
+    ) -> Result<Step, StoreError> {
+        let hostname = &order.hostname;
+        let text = problem.map_or_else(|| "the order is invalid".to_owned(), problem_text);
+        let (code, message, remediation) = policy::classify(
+            problem
+                .and_then(|p| p.r#type.as_deref())
+                .unwrap_or_default(),
+            problem.and_then(|p| p.detail.as_deref()).unwrap_or(&text),
+            Some(choice),
+            &self.hints(app, hostname),
+        );
+        tracing::info!(%hostname, challenge = choice.as_str(), %code, detail = %text, "validation failed");
+        self.kill(order, &text).await?;
+        Ok(Step::Dead(
+            Box::new(AttemptError {
+                code,
+                message,
+                remediation,
+                at: unix_now(),
+                challenge: Some(choice),
+                key_type: order.key_type.clone(),
+                round,
+                problem: problem.map(problem_json),
+            }),
+            true,
+        ))
     }
 
     /// Sends the new-order request for a `creating` row and stores its URL.
@@ -945,8 +966,8 @@ impl Issuer {
                         .await?;
                     *self.account.lock().await = None;
                 }
+                self.kill(order, &problem_text(&problem)).await?;
                 if is_rate_limited(&problem) {
-                    self.kill(order, &problem_text(&problem)).await?;
                     return Ok(Err(self.rate_limited(
                         order,
                         round,
@@ -954,7 +975,6 @@ impl Issuer {
                         seen.retry_after,
                     )));
                 }
-                self.kill(order, &problem_text(&problem)).await?;
                 let (code, message, remediation) = policy::classify(
                     problem.r#type.as_deref().unwrap_or_default(),
                     problem.detail.as_deref().unwrap_or_default(),
@@ -1465,17 +1485,14 @@ fn problem_json(problem: &Problem) -> serde_json::Value {
     })
 }
 
+/// A failure the platform saw itself (no problem document from the CA), in the same shape.
 fn synthetic_problem(detail: &str) -> Problem {
-    serde_json::from_value(serde_json::json!({
-        "type": "urn:ietf:params:acme:error:unauthorized",
-        "detail": detail,
-    }))
-    .unwrap_or_else(|_| Problem {
+    Problem {
         r#type: None,
         detail: Some(detail.to_owned()),
         status: None,
         subproblems: Vec::new(),
-    })
+    }
 }
 
 fn push(errors: &mut Vec<AttemptError>, error: AttemptError) {

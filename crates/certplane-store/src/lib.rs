@@ -209,7 +209,9 @@ pub trait Store: Send + Sync + 'static {
     async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError>;
 
     /// Stores the answer to an ACME challenge (replacing one for the same hostname, kind and
-    /// token) and logs the hostname: edges serve the answer. The hostname need not be held.
+    /// token; a TLS-ALPN-01 answer replaces every other TLS-ALPN-01 answer of the hostname, as a
+    /// handshake can present only one) and logs the hostname: edges serve the answer. The
+    /// hostname need not be held.
     async fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError>;
 
     /// Removes a challenge answer, logging the hostname when there was one. `false` when there

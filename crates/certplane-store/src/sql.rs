@@ -531,6 +531,21 @@ async fn insert_certificate(
     Ok(())
 }
 
+/// Stores `cert` as the hostname's ACME certificate of its key type, replacing the previous one.
+async fn replace_acme_certificate(
+    conn: &mut AnyConnection,
+    hostname: &Hostname,
+    cert: &NewCertificate,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM certificates WHERE hostname = $1 AND source = $2 AND key_type = $3")
+        .bind(hostname.as_str())
+        .bind(CertSource::Acme.as_str())
+        .bind(&cert.key_type)
+        .execute(&mut *conn)
+        .await?;
+    insert_certificate(conn, hostname, cert).await
+}
+
 /// Appends to the propagation log that what edges serve for `hostnames` changed. Called last in
 /// the transaction of the change. On PostgreSQL the writers first take one transaction-scoped
 /// advisory lock, so revisions are numbered in commit order: an edge that has read revision N
@@ -1378,15 +1393,7 @@ impl Store for SqlStore {
         if hostname_row(&mut tx, app, hostname).await?.is_none() {
             return Ok(None);
         }
-        sqlx::query(
-            "DELETE FROM certificates WHERE hostname = $1 AND source = $2 AND key_type = $3",
-        )
-        .bind(hostname.as_str())
-        .bind(CertSource::Acme.as_str())
-        .bind(&cert.key_type)
-        .execute(&mut *tx)
-        .await?;
-        insert_certificate(&mut tx, hostname, cert).await?;
+        replace_acme_certificate(&mut tx, hostname, cert).await?;
         let record = refresh_status(&mut tx, app, hostname, now()).await?;
         bump(&mut tx, self.backend, &[hostname.as_str()]).await?;
         tx.commit().await?;
@@ -1484,6 +1491,16 @@ impl Store for SqlStore {
 
     async fn put_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
+        if challenge.kind == ChallengeKind::TlsAlpn01 {
+            // A TLS handshake can present one validation certificate per name: the newest
+            // answer replaces any other (e.g. one an order that ended uncleanly left behind).
+            sqlx::query("DELETE FROM challenges WHERE hostname = $1 AND kind = $2 AND token <> $3")
+                .bind(challenge.hostname.as_str())
+                .bind(challenge.kind.as_str())
+                .bind(&challenge.token)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO challenges (hostname, kind, token, key_authorization, created_at, \
              expires_at) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -2006,15 +2023,7 @@ impl Store for SqlStore {
         if open.is_none() {
             return Ok(None);
         }
-        sqlx::query(
-            "DELETE FROM certificates WHERE hostname = $1 AND source = $2 AND key_type = $3",
-        )
-        .bind(hostname.as_str())
-        .bind(CertSource::Acme.as_str())
-        .bind(&cert.key_type)
-        .execute(&mut *tx)
-        .await?;
-        insert_certificate(&mut tx, hostname, cert).await?;
+        replace_acme_certificate(&mut tx, hostname, cert).await?;
         let at = now();
         sqlx::query("UPDATE acme_orders SET state = $1, updated_at = $2 WHERE id = $3")
             .bind(AcmeOrderState::Done.as_str())

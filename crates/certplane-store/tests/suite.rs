@@ -1198,6 +1198,23 @@ async fn challenges_are_served_and_logged(db: &TestDb) {
         .expect("edge host")
         .expect("served");
     assert_eq!(served.challenges, vec![replaced.clone(), alpn.clone()]);
+    // A newer TLS-ALPN-01 answer replaces the older one (a handshake presents only one);
+    // HTTP-01 answers add up by token.
+    let newer_alpn = challenge(h.as_str(), ChallengeKind::TlsAlpn01, "tok-2", "alpn-2");
+    store
+        .put_challenge(&newer_alpn)
+        .await
+        .expect("put newer alpn");
+    let served = store
+        .edge_host(&h)
+        .await
+        .expect("edge host")
+        .expect("served");
+    assert_eq!(
+        served.challenges,
+        vec![replaced.clone(), newer_alpn.clone()]
+    );
+    store.put_challenge(&alpn).await.expect("put alpn back");
 
     // Removing is logged; removing what is not there is not.
     let before = store.latest_revision().await.expect("latest");
